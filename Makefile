@@ -1,0 +1,39 @@
+# `make run` and `make test` are the only set-up steps: each creates .venv and installs what it needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: run test browser bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Stamp files re-run pip only when the requirements change.
+$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements-dev.txt requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime-installed
+
+run: $(VENV)/.runtime-installed
+	$(BIN)/streamlit run app.py --server.port 8501 --server.address 0.0.0.0
+
+# The end-to-end tests drive Debian's chromium; `playwright install` cannot download browsers here.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Installing chromium (Debian package) for the browser tests"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+test: $(VENV)/.dev-installed browser
+	$(BIN)/python -m pytest tests
+
+bench: $(VENV)/.runtime-installed
+	$(BIN)/python -m sdattn.bench --json benchmarks/results.json --markdown benchmarks/results.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,445 @@
+"""SparseDenseMultiHeadAttention: sparse query rows attend over dense tokens through top-k keys.
+Same weights and masking semantics as `keras.layers.MultiHeadAttention`; attention touches k keys per query."""
+
+import numbers
+
+import keras
+import tensorflow as tf
+from keras import constraints, initializers, regularizers
+
+from sdattn import selection as selection_lib
+from sdattn.masking import AttentionMask
+
+
+def _large_negative_number(dtype):
+    """A finite large negative for masking: -1e9 overflows float16, so it gets -3e4 (as Keras)."""
+    return -3e4 if tf.as_dtype(dtype) == tf.float16 else -1e9
+
+
+def _positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        expected = "a positive integer or `None`" if allow_none else "a positive integer"
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected {expected}. "
+            f"Received: {name}={value!r}")
+    return int(value)
+
+
+def _output_shape_tuple(output_shape):
+    if output_shape is None:
+        return None
+    if isinstance(output_shape, numbers.Integral) and not isinstance(output_shape, bool):
+        output_shape = (output_shape,)
+    if (isinstance(output_shape, (tuple, list)) and output_shape
+            and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
+                    for d in output_shape)):
+        return tuple(int(d) for d in output_shape)
+    raise ValueError(
+        "Received an invalid value for argument `output_shape`, expected a positive integer or "
+        f"a tuple of positive integers. Received: output_shape={output_shape!r}")
+
+
+def _is_sparse(x):
+    return isinstance(x, tf.SparseTensor)
+
+
+@keras.saving.register_keras_serializable(package="sdattn")
+class SparseDenseMultiHeadAttention(keras.layers.Layer):
+    """Multi-head attention from sparse query rows to dense tokens, over the top-k keys only.
+
+    Each query (a row of a `tf.SparseTensor`) is projected with a sparse matmul; a *selector*
+    picks the `top_k` most relevant dense tokens for it (shared by all heads, or per head);
+    scaled dot-product attention with a masked softmax then runs over those k tokens only, and
+    the heads are combined by the output projection. The weights are those of
+    `keras.layers.MultiHeadAttention(num_heads, key_dim, value_dim, output_shape=...)`, in the
+    same order and shapes, so `layer.set_weights(mha.get_weights())` works, and with
+    `top_k >= N` the output equals Keras MHA's.
+
+    Args:
+        num_heads: number of attention heads.
+        key_dim: size of each head for query and key.
+        top_k: keys attended per query; k = min(top_k, N) slots are returned.
+        selector: how keys are picked: a name from `sdattn.available_selectors()` (`"dot"`:
+            exact per-head top-k, the reference), a config dict, or a `sdattn.Selector`.
+        value_dim: size of each head for value; defaults to `key_dim`.
+        dropout: dropout rate on the attention weights.
+        use_bias: whether the projections have biases.
+        output_shape: last dimension(s) of the output, an int or tuple; defaults to the query's
+            feature size Dq.
+        kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
+        activity_regularizer, kernel_constraint, bias_constraint: as for Keras MHA.
+        seed: seed for the dropout.
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Call arguments:
+        query: `tf.SparseTensor` (or dense tensor) `[B, M, Dq]`.
+        value: dense `[B, N, Dv]`.
+        key: dense `[B, N, Dk]`; defaults to `value`.
+        query_mask: bool `[B, M]`, False for padded queries (taken from `query._keras_mask`
+            when not given).
+        value_mask: bool `[B, N]`, False for padded tokens (or `value._keras_mask`).
+        key_mask: bool `[B, N]` (or `key._keras_mask`).
+        attention_mask: bool `[M, N]`, `[B, M, N]` or `[B, H, M, N]`; True means "may attend".
+        return_attention_scores: also return the scores and the selected indices.
+        training: Keras training flag (dropout).
+        use_causal_mask: query i may attend only to keys j <= i.
+
+    Returns:
+        output `[B, M, *output_shape]`, carrying the query mask; with
+        `return_attention_scores=True`, `(output, scores, indices)`: scores `[B, H, M, k]` are
+        the softmax weights over the selected slots (0 on invalid slots) and indices
+        `[B, H, M, k]` int32 the key position of each slot, or -1 for an invalid slot (fewer
+        allowed keys than k, or a masked query row). A query with no allowed key gets a zero
+        context, never NaN.
+    """
+
+    def __init__(self, num_heads, key_dim, top_k, selector="dot", value_dim=None, dropout=0.0,
+                 use_bias=True, output_shape=None, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
+                 seed=None, **kwargs):
+        num_heads = _positive_int("num_heads", num_heads)
+        key_dim = _positive_int("key_dim", key_dim)
+        top_k = _positive_int("top_k", top_k)
+        value_dim = _positive_int("value_dim", value_dim, allow_none=True)
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            raise ValueError(
+                "Received an invalid value for argument `dropout`, expected a float in [0, 1). "
+                f"Received: dropout={dropout!r}")
+        output_shape = _output_shape_tuple(output_shape)
+        resolved_selector = selection_lib.get(selector)
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.supports_masking = True
+        self._num_heads = num_heads
+        self._key_dim = key_dim
+        self._value_dim = value_dim or key_dim
+        self._top_k = top_k
+        self._dropout = float(dropout)
+        self._use_bias = use_bias
+        self._output_shape = output_shape
+        self._kernel_initializer = initializers.get(kernel_initializer)
+        self._bias_initializer = initializers.get(bias_initializer)
+        self._kernel_regularizer = regularizers.get(kernel_regularizer)
+        self._bias_regularizer = regularizers.get(bias_regularizer)
+        self._kernel_constraint = constraints.get(kernel_constraint)
+        self._bias_constraint = constraints.get(bias_constraint)
+        self.seed = seed
+        # Assigned without Keras tracking until `build`, so that the selector's own weights
+        # come after the eight attention weights, as `mha.get_weights() + extra` expects.
+        object.__setattr__(self, "_pending_selector", resolved_selector)
+
+    num_heads = property(lambda self: self._num_heads)
+    key_dim = property(lambda self: self._key_dim)
+    value_dim = property(lambda self: self._value_dim)
+    top_k = property(lambda self: self._top_k)
+    dropout = property(lambda self: self._dropout)
+    use_bias = property(lambda self: self._use_bias)
+
+    @property
+    def selector(self):
+        """The `Selector` instance in use."""
+        return getattr(self, "_selector", None) or self._pending_selector
+
+    def _sublayer_kwargs(self):
+        # Fresh initializer clones per sublayer, as Keras MHA does, so kernels differ.
+        return dict(
+            kernel_initializer=self._kernel_initializer.__class__.from_config(self._kernel_initializer.get_config()),
+            bias_initializer=self._bias_initializer.__class__.from_config(self._bias_initializer.get_config()),
+            kernel_regularizer=self._kernel_regularizer,
+            bias_regularizer=self._bias_regularizer,
+            kernel_constraint=self._kernel_constraint,
+            bias_constraint=self._bias_constraint,
+            dtype=self.dtype_policy,
+        )
+
+    def _projection(self, name, heads_dim):
+        return keras.layers.EinsumDense(
+            "abc,cde->abde", output_shape=(None, self._num_heads, heads_dim),
+            bias_axes="de" if self._use_bias else None, name=name, **self._sublayer_kwargs())
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        """Creates the Q/K/V/O projections (MHA's shapes and order), then the selector's weights."""
+        key_shape = value_shape if key_shape is None else key_shape
+        query_shape, value_shape, key_shape = tuple(query_shape), tuple(value_shape), tuple(key_shape)
+        self._check_ranks(query_shape, value_shape, key_shape)
+        self._query_dense = self._projection("query", self._key_dim)
+        self._query_dense.build(query_shape)
+        self._key_dense = self._projection("key", self._key_dim)
+        self._key_dense.build(key_shape)
+        self._value_dense = self._projection("value", self._value_dim)
+        self._value_dense.build(value_shape)
+        output_shape = self._output_shape or (query_shape[-1],)
+        output_letters = "fgh"[: len(output_shape)]
+        self._output_dense = keras.layers.EinsumDense(
+            f"abcd,cd{output_letters}->ab{output_letters}",
+            output_shape=(None,) + tuple(output_shape),
+            bias_axes=output_letters if self._use_bias else None,
+            name="attention_output", **self._sublayer_kwargs())
+        self._output_dense.build((query_shape[0], query_shape[1], self._num_heads, self._value_dim))
+        self._dropout_layer = keras.layers.Dropout(rate=self._dropout, seed=self.seed, dtype=self.dtype_policy)
+        self._selector = self._pending_selector
+        self._selector.build(query_shape, key_shape, self._num_heads, self._key_dim)
+        self.built = True
+
+    @staticmethod
+    def _check_ranks(query_shape, value_shape, key_shape):
+        if len(query_shape) != 3:
+            raise ValueError(
+                "Argument `query` must have rank 3, [batch, queries, features]. "
+                f"Received: query.shape={query_shape}")
+        for name, shape in (("value", value_shape), ("key", key_shape)):
+            if len(shape) != 3:
+                raise ValueError(
+                    f"Argument `{name}` must have rank 3, [batch, tokens, features]. "
+                    f"Received: {name}.shape={shape}")
+        if value_shape[1] is not None and key_shape[1] is not None and value_shape[1] != key_shape[1]:
+            raise ValueError(
+                "Arguments `key` and `value` must have the same number of tokens. "
+                f"Received: key.shape={key_shape}, value.shape={value_shape}")
+        batch_sizes = {s[0] for s in (query_shape, value_shape, key_shape) if s[0] is not None}
+        if len(batch_sizes) > 1:
+            raise ValueError(
+                "Arguments `query`, `value` and `key` must have the same batch size. "
+                f"Received: query.shape={query_shape}, value.shape={value_shape}, key.shape={key_shape}")
+
+    # ---- call ---------------------------------------------------------------------------
+
+    def call(self, query, value, key=None, query_mask=None, value_mask=None, key_mask=None,
+             attention_mask=None, return_attention_scores=False, training=None,
+             use_causal_mask=False):
+        if key is None:
+            key = value
+        if query_mask is None:
+            query_mask = getattr(query, "_keras_mask", None)
+        for tensor in (query, value, key):
+            if not _is_sparse(tensor) and getattr(tensor, "_keras_mask", None) is not None:
+                keras.backend.set_keras_mask(tensor, None)
+        query, value, key = self._standardize_inputs(query, value, key)
+        mask = self._attention_mask(query, value, query_mask, value_mask, key_mask,
+                                    attention_mask, use_causal_mask)
+
+        projected_query = self._project_query(query)  # [B, M, H, kd]
+        projected_query = projected_query * tf.cast(self._key_dim ** -0.5, projected_query.dtype)
+        context = selection_lib.SelectionContext(
+            query=query, key=key, projected_query=projected_query,
+            project_key=lambda: self._key_dense(key), mask=mask, num_heads=self._num_heads,
+            training=training)
+        num_keys = key.shape[1]
+        slots = self._top_k if num_keys is None else min(self._top_k, num_keys)
+        indices, slot_valid = self._select(context, slots)  # [B, H|1, M, k] each
+        projected_key = context.projected_key  # [B, N, H, kd]
+        projected_value = self._value_dense(value)  # [B, N, H, vd]
+        selected_key = self._gather_heads(projected_key, indices)  # [B, H, M, k, kd]
+        selected_value = self._gather_heads(projected_value, indices)  # [B, H, M, k, vd]
+        bias = self.selector.attention_bias(context, tf.where(slot_valid, indices, 0))
+        attention_output, scores = self._compute_attention(
+            projected_query, selected_key, selected_value, slot_valid, bias, training)
+        output = self._output_dense(attention_output)  # [B, M, *out]
+        if query_mask is not None:
+            keras.backend.set_keras_mask(output, tf.cast(query_mask, tf.bool))
+        if return_attention_scores:
+            full_shape = tf.shape(scores)
+            indices = tf.broadcast_to(tf.where(slot_valid, indices, -1), full_shape)  # [B, H, M, k]
+            return output, scores, indices
+        return output
+
+    def _standardize_inputs(self, query, value, key):
+        dtype = self.compute_dtype
+        if not tf.as_dtype(value.dtype).is_floating:
+            raise TypeError(f"Argument `value` must be a float tensor. Received: value.dtype={value.dtype}")
+        if not tf.as_dtype(key.dtype).is_floating:
+            raise TypeError(f"Argument `key` must be a float tensor. Received: key.dtype={key.dtype}")
+        if not tf.as_dtype(query.dtype).is_floating:
+            raise TypeError(f"Argument `query` must be a float tensor. Received: query.dtype={query.dtype}")
+        self._check_ranks(tuple(query.shape), tuple(value.shape), tuple(key.shape))
+        if _is_sparse(query):
+            if query.dtype != dtype:
+                query = tf.SparseTensor(query.indices, tf.cast(query.values, dtype), query.dense_shape)
+        else:
+            query = tf.cast(query, dtype)
+        return query, tf.cast(value, dtype), tf.cast(key, dtype)
+
+    def _attention_mask(self, query, value, query_mask, value_mask, key_mask, attention_mask,
+                        use_causal_mask):
+        """Validates the masks and combines them, factored, as Keras MHA does."""
+        num_queries = query.shape[1] if query.shape[1] is not None else tf.shape(query)[1]
+        num_keys = value.shape[1] if value.shape[1] is not None else tf.shape(value)[1]
+        batch = query.shape[0]
+
+        def check(name, mask, expected):
+            shape = tuple(mask.shape)
+            if len(shape) != len(expected) or any(
+                    s is not None and e is not None and s != e for s, e in zip(shape, expected)):
+                raise ValueError(
+                    f"Argument `{name}` has the wrong shape: expected {list(expected)} "
+                    f"(None = any). Received: {name}.shape={shape}")
+
+        def as_bool(mask):
+            mask = tf.convert_to_tensor(mask)
+            return mask if mask.dtype == tf.bool else tf.not_equal(mask, tf.zeros_like(mask))
+
+        if query_mask is not None:
+            query_mask = as_bool(query_mask)
+            check("query_mask", query_mask, (batch, query.shape[1]))
+        combined_key_mask = None
+        for name, key_side_mask in (("value_mask", value_mask), ("key_mask", key_mask)):
+            if key_side_mask is None:
+                continue
+            key_side_mask = as_bool(key_side_mask)
+            check(name, key_side_mask, (batch, value.shape[1]))
+            combined_key_mask = key_side_mask if combined_key_mask is None else (
+                tf.logical_and(combined_key_mask, key_side_mask))
+        if attention_mask is not None:
+            attention_mask = as_bool(attention_mask)
+            rank = attention_mask.shape.rank
+            expected = {2: (query.shape[1], value.shape[1]),
+                        3: (batch, query.shape[1], value.shape[1]),
+                        4: (batch, self._num_heads, query.shape[1], value.shape[1])}.get(rank)
+            if expected is None:
+                raise ValueError(
+                    "Argument `attention_mask` must have shape [M, N], [B, M, N] or [B, H, M, N]. "
+                    f"Received: attention_mask.shape={tuple(attention_mask.shape)}")
+            if rank == 4 and attention_mask.shape[1] == 1:
+                expected = (batch, 1, query.shape[1], value.shape[1])
+            check("attention_mask", attention_mask, expected)
+            if rank == 2:
+                attention_mask = attention_mask[None, None]  # [1, 1, M, N]
+            elif rank == 3:
+                attention_mask = attention_mask[:, None]  # [B, 1, M, N]
+        return AttentionMask(num_queries, num_keys, query_mask=query_mask, key_mask=combined_key_mask,
+                             attention_mask=attention_mask, causal=bool(use_causal_mask))
+
+    def _project_query(self, query):
+        """Projects the query into heads: `[B, M, Dq]` → `[B, M, H, kd]`, never densifying a sparse one."""
+        if not _is_sparse(query):
+            return self._query_dense(query)
+        kernel = tf.cast(self._query_dense.kernel, self.compute_dtype)  # [Dq, H, kd]
+        query_dim = kernel.shape[0]
+        shape = tf.shape(query, out_type=tf.int64)
+        flat_query = tf.sparse.reshape(query, tf.stack([shape[0] * shape[1], query_dim]))  # [B·M, Dq]
+        flat_kernel = tf.reshape(kernel, [query_dim, self._num_heads * self._key_dim])  # [Dq, H·kd]
+        projected = self._sparse_matmul(flat_query, flat_kernel)  # [B·M, H·kd]
+        projected = tf.reshape(projected, tf.stack(
+            [tf.cast(shape[0], tf.int32), tf.cast(shape[1], tf.int32), self._num_heads, self._key_dim]))  # [B, M, H, kd]
+        if query.shape[1] is not None:
+            projected = tf.ensure_shape(projected, (query.shape[0], query.shape[1], self._num_heads, self._key_dim))
+        if self._use_bias:
+            projected = projected + tf.cast(self._query_dense.bias, projected.dtype)
+        return projected
+
+    @staticmethod
+    def _sparse_matmul(sparse, dense):
+        # TF's sparse matmul kernels cover float32/float64 only; half precision goes through
+        # float32, which is also what a float16 matmul would accumulate in.
+        if dense.dtype in (tf.float32, tf.float64):
+            return tf.sparse.sparse_dense_matmul(sparse, dense)
+        as_float32 = tf.SparseTensor(sparse.indices, tf.cast(sparse.values, tf.float32), sparse.dense_shape)
+        product = tf.sparse.sparse_dense_matmul(as_float32, tf.cast(dense, tf.float32))
+        return tf.cast(product, dense.dtype)
+
+    def _select(self, context, slots):
+        """Runs the selector, then marks slots the mask forbids: `(indices, valid)`, `[B, S, M, k]`."""
+        indices = tf.cast(self.selector.select(context, slots), tf.int32)  # [B, S, M, k]
+        if indices.shape.rank != 4 or indices.shape[-1] not in (None, slots):
+            raise ValueError(
+                f"Selector {type(self.selector).__name__} must return indices of shape [B, S, M, {slots}]. "
+                f"Received: shape={tuple(indices.shape)}")
+        num_keys = tf.cast(context.num_keys, tf.int32)
+        in_range = tf.logical_and(indices >= 0, indices < num_keys)
+        safe_indices = tf.where(in_range, indices, 0)
+        allowed = context.mask.at_slots(safe_indices)
+        valid = in_range if allowed is None else tf.logical_and(in_range, allowed)
+        target = tf.broadcast_dynamic_shape(tf.shape(safe_indices), tf.shape(valid))
+        return tf.broadcast_to(safe_indices, target), tf.broadcast_to(valid, target)
+
+    def _gather_heads(self, projected, indices):
+        """Gathers each head's selected rows: `[B, N, H, d]` at `[B, S, M, k]` → `[B, H, M, k, d]`."""
+        batch = tf.shape(projected)[0]
+        num_queries, slots = tf.shape(indices)[2], tf.shape(indices)[3]
+        heads, depth = self._num_heads, projected.shape[-1]
+        if indices.shape[1] == 1:
+            # Shared selection: gather whole rows once, all heads at a time.
+            flat = tf.reshape(indices, [batch, -1])  # [B, M·k]
+            rows = tf.gather(projected, flat, batch_dims=1)  # [B, M·k, H, d]
+            rows = tf.reshape(rows, tf.stack([batch, num_queries, slots, heads, depth]))  # [B, M, k, H, d]
+            return tf.transpose(rows, [0, 3, 1, 2, 4])  # [B, H, M, k, d]
+        by_head = tf.transpose(projected, [0, 2, 1, 3])  # [B, H, N, d]
+        flat = tf.reshape(indices, tf.stack([batch, heads, -1]))  # [B, H, M·k]
+        rows = tf.gather(by_head, flat, batch_dims=2)  # [B, H, M·k, d]
+        return tf.reshape(rows, tf.stack([batch, heads, num_queries, slots, depth]))  # [B, H, M, k, d]
+
+    def _compute_attention(self, query, selected_key, selected_value, slot_valid, bias=None,
+                           training=None):
+        """Scaled dot-product attention over the selected slots; the one override point.
+
+        Args:
+            query: projected, already scaled query `[B, M, H, kd]`.
+            selected_key: `[B, H, M, k, kd]` projected keys of each query's slots.
+            selected_value: `[B, H, M, k, vd]` projected values of the same slots.
+            slot_valid: bool broadcastable to `[B, H, M, k]`; False slots get weight 0.
+            bias: optional additive logits term broadcastable to `[B, H, M, k]` (from the selector).
+            training: Keras training flag, for dropout.
+
+        Returns:
+            `(attention_output [B, M, H, vd], scores [B, H, M, k])`.
+        """
+        logits = tf.einsum("bmhd,bhmkd->bhmk", query, selected_key)  # [B, H, M, k]
+        if bias is not None:
+            logits = logits + tf.cast(bias, logits.dtype)
+        slot_valid = tf.broadcast_to(slot_valid, tf.shape(logits))
+        logits = tf.where(slot_valid, logits, tf.constant(_large_negative_number(logits.dtype), logits.dtype))
+        scores = tf.nn.softmax(logits, axis=-1)
+        # A row with no valid slot would be uniform over masked slots; Keras zeroes it, as do we.
+        scores = tf.where(slot_valid, scores, tf.zeros_like(scores))
+        weights = self._dropout_layer(scores, training=training) if self._dropout > 0 else scores
+        attention_output = tf.einsum("bhmk,bhmkd->bmhd", weights, selected_value)  # [B, M, H, vd]
+        return attention_output, scores
+
+    # ---- Keras plumbing -----------------------------------------------------------------
+
+    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        query_shape = tuple(query_shape)
+        return query_shape[:-1] + (self._output_shape or (query_shape[-1],))
+
+    def compute_output_spec(self, query, value, key=None, query_mask=None, value_mask=None,
+                            key_mask=None, attention_mask=None, return_attention_scores=False,
+                            training=None, use_causal_mask=False):
+        output_spec = keras.KerasTensor(
+            self.compute_output_shape(query.shape, value.shape), dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return output_spec
+        num_keys = value.shape[1]
+        slots = self._top_k if num_keys is None else min(self._top_k, num_keys)
+        slot_shape = (query.shape[0], self._num_heads, query.shape[1], slots)
+        return (output_spec, keras.KerasTensor(slot_shape, dtype=self.compute_dtype),
+                keras.KerasTensor(slot_shape, dtype="int32"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_heads": self._num_heads,
+            "key_dim": self._key_dim,
+            "top_k": self._top_k,
+            "selector": selection_lib.serialize(self.selector),
+            "value_dim": self._value_dim,
+            "dropout": self._dropout,
+            "use_bias": self._use_bias,
+            "output_shape": self._output_shape,
+            "kernel_initializer": initializers.serialize(self._kernel_initializer),
+            "bias_initializer": initializers.serialize(self._bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self._kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self._bias_regularizer),
+            "activity_regularizer": regularizers.serialize(self.activity_regularizer),
+            "kernel_constraint": constraints.serialize(self._kernel_constraint),
+            "bias_constraint": constraints.serialize(self._bias_constraint),
+            "seed": self.seed,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["selector"] = selection_lib.get(config["selector"])
+        return cls(**config)

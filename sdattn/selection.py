@@ -1,0 +1,383 @@
+"""Selectors: the strategies that pick, for every query, the k keys attention will look at.
+A selector scores keys; `masked_top_k` turns scores into indices; a registry maps names to selectors."""
+
+import math
+
+import keras
+import tensorflow as tf
+
+_REGISTRY = {}
+_DESCRIPTIONS = {}
+
+# Scores of about 16 M float32 (64 MB) per block keep selection memory bounded at large N.
+_BLOCK_ELEMENTS = 2**24
+
+
+def register_selector(name, description):
+    """Class decorator: registers a `Selector` under `name` and makes it Keras-serializable.
+
+    Args:
+        name: the string users pass as `selector=`.
+        description: one line shown in the app and by `selector_descriptions()`.
+    """
+
+    def decorate(cls):
+        cls = keras.saving.register_keras_serializable(package="sdattn")(cls)
+        cls.selector_name = name
+        _REGISTRY[name] = cls
+        _DESCRIPTIONS[name] = description
+        return cls
+
+    return decorate
+
+
+def available_selectors():
+    """Returns the registered selector names, in registration order."""
+    return list(_REGISTRY)
+
+
+def selector_descriptions():
+    """Returns `{name: one-line description}` for every registered selector."""
+    return dict(_DESCRIPTIONS)
+
+
+def get(identifier):
+    """Resolves `selector=` into a `Selector` instance.
+
+    Args:
+        identifier: a registered name (`"dot"`), a config dict (either Keras's serialized form
+            `{"class_name": ..., "config": ...}` or `{"name": "window", **kwargs}`), or a
+            `Selector` instance (returned as is).
+
+    Returns:
+        A `Selector`.
+    """
+    if isinstance(identifier, Selector):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier not in _REGISTRY:
+            raise ValueError(
+                "Received an invalid value for argument `selector`, expected one of "
+                f"{available_selectors()} or a Selector instance. Received: selector={identifier!r}")
+        return _REGISTRY[identifier]()
+    if isinstance(identifier, dict):
+        if "class_name" in identifier:
+            selector = keras.saving.deserialize_keras_object(identifier)
+        else:
+            config = dict(identifier)
+            name = config.pop("name", None)
+            if name not in _REGISTRY:
+                raise ValueError(
+                    "Received an invalid value for argument `selector`: a config dict needs "
+                    f"`name` set to one of {available_selectors()}. Received: selector={identifier!r}")
+            selector = _REGISTRY[name](**config)
+        if not isinstance(selector, Selector):
+            raise TypeError(f"Argument `selector` must describe a Selector. Received: selector={identifier!r}")
+        return selector
+    raise TypeError(
+        "Argument `selector` must be a selector name, a config dict or a Selector instance. "
+        f"Received: selector={identifier!r} of type {type(identifier).__name__}")
+
+
+def serialize(selector):
+    """Returns the Keras-serialized config dict of a selector."""
+    return keras.saving.serialize_keras_object(selector)
+
+
+def masked_top_k(scores, k, mask=None):
+    """Top-k key positions per row, never preferring a masked key over an allowed one.
+
+    A pure function: masked keys score `-inf`, so they fill slots only when fewer than k keys
+    are allowed; the layer then marks those slots invalid.
+
+    Args:
+        scores: float `[B, S, M, n]` relevance scores.
+        k: Python int, at most n.
+        mask: bool tensor broadcastable to `scores`, or None.
+
+    Returns:
+        `(values, indices)`, each `[B, S', M, k]` (S' = S broadcast with the mask's heads);
+        indices are int32 positions in `[0, n)`, ordered by decreasing score, lower index first
+        on ties.
+    """
+    if mask is not None:
+        scores = tf.where(mask, scores, tf.constant(-math.inf, scores.dtype))
+    values, indices = tf.math.top_k(scores, k=k, sorted=True)
+    return values, indices
+
+
+class SelectionContext:
+    """What a selector sees for one call of the layer.
+
+    Attributes:
+        query: the raw query, a `tf.SparseTensor` or dense tensor `[B, M, Dq]`.
+        key: the raw dense key tokens `[B, N, Dk]`.
+        projected_query: `[B, M, H, key_dim]`, already scaled by 1/sqrt(key_dim), exactly what
+            attention multiplies with the keys.
+        projected_key: `[B, N, H, key_dim]` key projection (computed on first access, once).
+        mask: the `AttentionMask` of this call.
+        num_heads: H.
+        num_queries: M (Python int when static).
+        num_keys: N (Python int when static).
+        training: the Keras training flag.
+    """
+
+    def __init__(self, query, key, projected_query, project_key, mask, num_heads, training=None):
+        self.query = query
+        self.key = key
+        self.projected_query = projected_query
+        self._project_key = project_key
+        self._projected_key = None
+        self.mask = mask
+        self.num_heads = num_heads
+        self.training = training
+        self.num_queries = query.shape[1] if query.shape[1] is not None else tf.shape(query)[1]
+        self.num_keys = key.shape[1] if key.shape[1] is not None else tf.shape(key)[1]
+        self.cache = {}
+
+    @property
+    def projected_key(self):
+        if self._projected_key is None:
+            self._projected_key = self._project_key()
+        return self._projected_key
+
+    @property
+    def has_projected_key(self):
+        """Whether some selector already projected every key (so the layer can reuse it)."""
+        return self._projected_key is not None
+
+    @property
+    def is_sparse(self):
+        return isinstance(self.query, tf.SparseTensor)
+
+
+class Selector(keras.layers.Layer):
+    """Base class of selection strategies.
+
+    A selector receives a `SelectionContext` (raw sparse query and dense keys, the projected
+    and scaled query, lazily projected keys, and the combined mask) and returns, for every
+    query, the positions of the k keys attention will use: int32 `[B, S, M, k]`, where S is 1
+    for a selection shared by all heads and H for a per-head one (`per_head`). It never needs
+    to handle masks itself: the default `select` applies them, and the layer marks any slot
+    the mask forbids as `-1` whatever the selector returned.
+
+    Subclasses implement `scores(context, start, stop)`, returning float relevance scores
+    `[B, S, M, stop - start]` for keys `[start, stop)`; the default `select` streams these over
+    key blocks with a running top-k, so memory stays O(M·k + block). A subclass may override
+    `select` instead (an index lookup, say). A selector with trainable weights creates them in
+    `build(query_shape, key_shape, num_heads, key_dim)`; they come after the attention weights
+    in `layer.weights`. `attention_bias` may add a learned term to the logits of the selected
+    slots so the selector's weights receive gradients.
+
+    Register a custom selector with `keras.saving.register_keras_serializable()` so that it
+    survives `.keras` save/load; keep `get_config` equal to its constructor arguments.
+    """
+
+    #: Whether each head selects its own keys (True) or all heads share one selection.
+    per_head = False
+    selector_name = "custom"
+
+    def __init__(self, block_size=None, **kwargs):
+        super().__init__(**kwargs)
+        self.block_size = block_size
+
+    def build(self, query_shape=None, key_shape=None, num_heads=None, key_dim=None):
+        self.built = True
+
+    def scores(self, context, start, stop):
+        """Relevance of keys `[start, stop)`: float `[B, S, M, stop - start]`, higher is better."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `scores` or `select`.")
+
+    def select(self, context, k):
+        """Returns int32 `[B, S, M, k]` key positions, streaming `scores` over key blocks.
+
+        Args:
+            context: the `SelectionContext`.
+            k: the static number of slots, `min(top_k, N)` (or `top_k` when N is unknown).
+        """
+        num_keys = context.num_keys
+        if not isinstance(num_keys, int):
+            # Unknown N: one block, padded so top_k always has k columns.
+            block_scores = self.scores(context, 0, num_keys)
+            mask = context.mask.block(0, num_keys)
+            if mask is not None:
+                block_scores = tf.where(mask, block_scores, tf.constant(-math.inf, block_scores.dtype))
+            pad = tf.maximum(k - tf.shape(block_scores)[-1], 0)
+            block_scores = tf.pad(block_scores, [[0, 0], [0, 0], [0, 0], [0, pad]],
+                                  constant_values=-math.inf)
+            _, indices = tf.math.top_k(block_scores, k=k)
+            return indices
+        block = self._block_size(context, k)
+        best_values = best_indices = None
+        for start in range(0, num_keys, block):
+            stop = min(start + block, num_keys)
+            values, indices = masked_top_k(self.scores(context, start, stop), min(k, stop - start),
+                                           context.mask.block(start, stop))
+            indices += start
+            if best_values is None:
+                best_values, best_indices = values, indices
+                continue
+            # Merge the running top-k with this block's: [B, S, M, 2k] → [B, S, M, k].
+            merged_values = tf.concat([best_values, values], axis=-1)
+            merged_indices = tf.concat([best_indices, indices], axis=-1)
+            best_values, order = tf.math.top_k(merged_values, k=min(k, merged_values.shape[-1]))
+            best_indices = tf.gather(merged_indices, order, batch_dims=3)
+        return best_indices
+
+    def _block_size(self, context, k):
+        if self.block_size:
+            return max(int(self.block_size), 1)
+        num_queries = context.num_queries if isinstance(context.num_queries, int) else 1024
+        rows = num_queries * (context.num_heads if self.per_head else 1)
+        return max(k, _BLOCK_ELEMENTS // max(rows, 1))
+
+    def attention_bias(self, context, indices):
+        """Optional additive term for the logits of the selected slots, `[B, S, M, k]`, or None."""
+        return None
+
+    def get_config(self):
+        config = super().get_config()
+        config["block_size"] = self.block_size
+        return config
+
+
+@register_selector("dot", "Exact top-k of the scaled q·k, per head: the reference strategy.")
+class DotSelector(Selector):
+    """Exact per-head selection: the k keys with the largest scaled dot product q·k.
+
+    With `top_k >= N` this is exact dense attention. Costs a full `[B, H, M, N]` score pass
+    (streamed in blocks), so it is the accuracy reference rather than the fast path.
+    """
+
+    per_head = True
+
+    def scores(self, context, start, stop):
+        key_block = context.projected_key[:, start:stop]  # [B, n, H, kd]
+        return tf.einsum("bmhd,bnhd->bhmn", context.projected_query, key_block)  # [B, H, M, n]
+
+
+def _row_l2_norm(x, axis=-1):
+    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=axis))
+
+
+def _block_diagonal_query(query):
+    """Lays a sparse `[B, M, Dq]` query out as a `[B·M, B·Dq]` block-diagonal sparse matrix.
+
+    Multiplied by keys stacked as `[B·Dq, n]`, row (b, m) meets only batch item b's keys, so a
+    batch of sparse×dense products is one rank-2 `sparse_dense_matmul` with no wasted work.
+    """
+    batch = tf.cast(query.dense_shape[0], tf.int64)
+    num_queries = tf.cast(query.dense_shape[1], tf.int64)
+    query_dim = tf.cast(query.dense_shape[2], tf.int64)
+    b, m, d = query.indices[:, 0], query.indices[:, 1], query.indices[:, 2]
+    indices = tf.stack([b * num_queries + m, b * query_dim + d], axis=1)
+    return tf.SparseTensor(indices, query.values, tf.stack([batch * num_queries, batch * query_dim]))
+
+
+@register_selector("cosine", "Cosine similarity of the raw sparse query and key rows, shared by all heads.")
+class CosineSelector(Selector):
+    """Shared selection by cosine similarity.
+
+    When the query and key feature sizes match (Dq == Dk), it compares the raw sparse query
+    rows with the raw key rows through a sparse matmul, so it needs no key projection at all.
+    Otherwise it compares the head-averaged projected query and key.
+
+    Args:
+        epsilon: added to norms so that all-zero rows score 0, not NaN.
+    """
+
+    def __init__(self, epsilon=1e-9, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def _raw_space(self, context):
+        return context.query.shape[-1] is not None and context.query.shape[-1] == context.key.shape[-1]
+
+    def _normalized_query(self, context):
+        if "cosine_query" in context.cache:
+            return context.cache["cosine_query"]
+        if self._raw_space(context):
+            query = context.query
+            if isinstance(query, tf.SparseTensor):
+                squares = tf.SparseTensor(query.indices, tf.square(query.values), query.dense_shape)
+                norms = tf.sqrt(tf.sparse.reduce_sum(squares, axis=-1))  # [B, M]
+                prepared = (_block_diagonal_query(query), norms)
+            else:
+                prepared = (query, _row_l2_norm(query))
+        else:
+            mean_query = tf.reduce_mean(context.projected_query, axis=2)  # [B, M, kd]
+            prepared = (mean_query, _row_l2_norm(mean_query))
+        context.cache["cosine_query"] = prepared
+        return prepared
+
+    def scores(self, context, start, stop):
+        query, query_norms = self._normalized_query(context)
+        if self._raw_space(context):
+            key_block = context.key[:, start:stop]  # [B, n, Dk]
+        else:
+            key_block = tf.reduce_mean(context.projected_key[:, start:stop], axis=2)  # [B, n, kd]
+        key_norms = _row_l2_norm(key_block)  # [B, n]
+        if isinstance(query, tf.SparseTensor):
+            batch = tf.shape(key_block)[0]
+            stacked_keys = tf.reshape(tf.transpose(key_block, [0, 2, 1]), [-1, tf.shape(key_block)[1]])  # [B·Dk, n]
+            dots = tf.sparse.sparse_dense_matmul(query, stacked_keys)  # [B·M, n]
+            dots = tf.reshape(dots, [batch, -1, tf.shape(key_block)[1]])  # [B, M, n]
+        else:
+            dots = tf.einsum("bmd,bnd->bmn", query, key_block)  # [B, M, n]
+        epsilon = tf.constant(self.epsilon, dots.dtype)
+        cosine = dots / (query_norms[:, :, None] * key_norms[:, None, :] + epsilon)
+        return cosine[:, None]  # [B, 1, M, n]
+
+    def get_config(self):
+        config = super().get_config()
+        config["epsilon"] = self.epsilon
+        return config
+
+
+@register_selector("random", "Uniformly random keys (seeded): the baseline any strategy must beat.")
+class RandomSelector(Selector):
+    """Shared uniform random selection without replacement, a baseline.
+
+    Args:
+        seed: int for the same selection on every call (reproducible demos), or None for a
+            fresh draw on each call.
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(seed)
+
+    def scores(self, context, start, stop):
+        batch = tf.shape(context.key)[0]
+        shape = tf.stack([batch, 1, tf.cast(context.num_queries, tf.int32), stop - start])
+        if self.seed is not None:
+            return tf.random.stateless_uniform(shape, seed=[self.seed, start])
+        return keras.random.uniform(shape, seed=self._seed_generator, dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config["seed"] = self.seed
+        return config
+
+
+@register_selector("window", "The k keys nearest the query's proportional position: local attention.")
+class WindowSelector(Selector):
+    """Shared local selection: the k keys nearest to position round(i·(N−1)/max(M−1, 1)).
+
+    Query i of M is mapped to a proportional position among the N keys, so a short query
+    sequence still spans the whole key sequence. Equidistant keys: the lower index wins.
+    Rounding is half-to-even, as Python's `round`.
+    """
+
+    def scores(self, context, start, stop):
+        num_queries = tf.cast(context.num_queries, tf.float64)
+        num_keys = tf.cast(context.num_keys, tf.float64)
+        query_position = tf.range(num_queries, dtype=tf.float64)
+        centre = tf.round(query_position * (num_keys - 1.0) / tf.maximum(num_queries - 1.0, 1.0))  # [M]
+        key_position = tf.range(start, stop, dtype=tf.float64)  # [n]
+        distance = tf.abs(key_position[None, :] - centre[:, None])  # [M, n]
+        batch = tf.shape(context.key)[0]
+        # float32 even under float16 policies: distances up to N must stay distinct.
+        negative_distance = tf.cast(-distance, tf.float32)[None, None]  # [1, 1, M, n]
+        return tf.tile(negative_distance, [batch, 1, 1, 1])  # [B, 1, M, n]
