@@ -6,6 +6,8 @@ import numbers
 import keras
 import tensorflow as tf
 from keras import constraints, initializers, regularizers
+# Keras exports no public setter for implicit masks; MultiHeadAttention uses this same helper.
+from keras.src.backend.common.masking import set_keras_mask
 
 from sdattn import selection as selection_lib
 from sdattn.masking import AttentionMask
@@ -215,7 +217,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             query_mask = getattr(query, "_keras_mask", None)
         for tensor in (query, value, key):
             if not _is_sparse(tensor) and getattr(tensor, "_keras_mask", None) is not None:
-                keras.backend.set_keras_mask(tensor, None)
+                set_keras_mask(tensor, None)
         query, value, key = self._standardize_inputs(query, value, key)
         mask = self._attention_mask(query, value, query_mask, value_mask, key_mask,
                                     attention_mask, use_causal_mask)
@@ -238,7 +240,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             projected_query, selected_key, selected_value, slot_valid, bias, training)
         output = self._output_dense(attention_output)  # [B, M, *out]
         if query_mask is not None:
-            keras.backend.set_keras_mask(output, tf.cast(query_mask, tf.bool))
+            set_keras_mask(output, tf.cast(query_mask, tf.bool))
         if return_attention_scores:
             full_shape = tf.shape(scores)
             indices = tf.broadcast_to(tf.where(slot_valid, indices, -1), full_shape)  # [B, H, M, k]
@@ -248,11 +250,11 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
     def _standardize_inputs(self, query, value, key):
         dtype = self.compute_dtype
         if not tf.as_dtype(value.dtype).is_floating:
-            raise TypeError(f"Argument `value` must be a float tensor. Received: value.dtype={value.dtype}")
+            raise TypeError(f"Argument `value` must be a float tensor. Received: value.dtype={tf.as_dtype(value.dtype).name}")
         if not tf.as_dtype(key.dtype).is_floating:
-            raise TypeError(f"Argument `key` must be a float tensor. Received: key.dtype={key.dtype}")
+            raise TypeError(f"Argument `key` must be a float tensor. Received: key.dtype={tf.as_dtype(key.dtype).name}")
         if not tf.as_dtype(query.dtype).is_floating:
-            raise TypeError(f"Argument `query` must be a float tensor. Received: query.dtype={query.dtype}")
+            raise TypeError(f"Argument `query` must be a float tensor. Received: query.dtype={tf.as_dtype(query.dtype).name}")
         self._check_ranks(tuple(query.shape), tuple(value.shape), tuple(key.shape))
         if _is_sparse(query):
             if query.dtype != dtype:
@@ -346,13 +348,22 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             raise ValueError(
                 f"Selector {type(self.selector).__name__} must return indices of shape [B, S, M, {slots}]. "
                 f"Received: shape={tuple(indices.shape)}")
+        if indices.shape[1] is None:
+            # Unknown selection-head count: treat it as per head.
+            shape = tf.shape(indices)
+            indices = tf.broadcast_to(indices, tf.stack([shape[0], self._num_heads, shape[2], shape[3]]))
+            indices = tf.ensure_shape(indices, (None, self._num_heads, None, None))
         num_keys = tf.cast(context.num_keys, tf.int32)
         in_range = tf.logical_and(indices >= 0, indices < num_keys)
         safe_indices = tf.where(in_range, indices, 0)
         allowed = context.mask.at_slots(safe_indices)
         valid = in_range if allowed is None else tf.logical_and(in_range, allowed)
         target = tf.broadcast_dynamic_shape(tf.shape(safe_indices), tf.shape(valid))
-        return tf.broadcast_to(safe_indices, target), tf.broadcast_to(valid, target)
+        # Keep the selection-head count static (1 = shared, H = per head) for `_gather_heads`.
+        heads = max(safe_indices.shape[1], valid.shape[1] or 1)
+        static_shape = (None, heads, None, slots)
+        return (tf.ensure_shape(tf.broadcast_to(safe_indices, target), static_shape),
+                tf.ensure_shape(tf.broadcast_to(valid, target), static_shape))
 
     def _gather_heads(self, projected, indices):
         """Gathers each head's selected rows: `[B, N, H, d]` at `[B, S, M, k]` → `[B, H, M, k, d]`."""

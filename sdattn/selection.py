@@ -202,11 +202,12 @@ class Selector(keras.layers.Layer):
             mask = context.mask.block(0, num_keys)
             if mask is not None:
                 block_scores = tf.where(mask, block_scores, tf.constant(-math.inf, block_scores.dtype))
+            static_shape = block_scores.shape[:3]
             pad = tf.maximum(k - tf.shape(block_scores)[-1], 0)
             block_scores = tf.pad(block_scores, [[0, 0], [0, 0], [0, 0], [0, pad]],
                                   constant_values=-math.inf)
             _, indices = tf.math.top_k(block_scores, k=k)
-            return indices
+            return tf.ensure_shape(indices, static_shape.concatenate([k]))  # [B, S, M, k]
         block = self._block_size(context, k)
         best_values = best_indices = None
         for start in range(0, num_keys, block):

@@ -1,0 +1,472 @@
+"""Core layer tests: oracle against keras.layers.MultiHeadAttention, top-k against the NumPy
+reference, masks, NaN-freedom, Keras parity, save/load, training and argument errors."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sdattn
+from sdattn import reference
+from sdattn.layer import SparseDenseMultiHeadAttention
+
+BUILT_IN = ["dot", "cosine", "random", "window"]
+
+
+def random_case(rng, batch, queries, keys, query_dim, value_dim, density=0.4):
+    query = rng.normal(size=(batch, queries, query_dim)).astype("float32")
+    query[rng.random(query.shape) > density] = 0.0
+    query[:, :, 0] += 0.5  # no all-zero query row: cosine must still rank something
+    value = rng.normal(size=(batch, keys, value_dim)).astype("float32")
+    return query, value
+
+
+def paired_layers(num_heads, key_dim, top_k, selector, query, value, **kwargs):
+    """An sdattn layer and a Keras MHA sharing the same weights."""
+    mha = keras.layers.MultiHeadAttention(num_heads, key_dim, **kwargs)
+    mha(query, value)
+    layer = SparseDenseMultiHeadAttention(num_heads, key_dim, top_k, selector=selector, **kwargs)
+    layer(tf.sparse.from_dense(query), value)
+    layer.set_weights(mha.get_weights())
+    return layer, mha
+
+
+ORACLE_SHAPES = [
+    # (B, M, N, Dq, Dv, H, key_dim, extra MHA kwargs)
+    (2, 5, 7, 6, 4, 3, 8, {}),
+    (1, 9, 4, 3, 5, 2, 4, {"value_dim": 6}),
+    (3, 4, 11, 8, 8, 1, 5, {"output_shape": 7}),
+    (2, 6, 6, 5, 9, 4, 3, {"value_dim": 2, "output_shape": (3, 2)}),
+]
+
+
+@pytest.mark.parametrize("selector", BUILT_IN)
+@pytest.mark.parametrize("shape", ORACLE_SHAPES, ids=lambda s: "x".join(map(str, s[:7])))
+@pytest.mark.parametrize("sparse_query", [True, False], ids=["sparse", "dense"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "valuemask"])
+def test_oracle_matches_keras_mha_when_every_key_is_selected(selector, shape, sparse_query, masked):
+    batch, queries, keys, query_dim, value_dim, heads, key_dim, kwargs = shape
+    rng = np.random.default_rng(hash((selector, shape[:7], sparse_query, masked)) % 2**32)
+    query, value = random_case(rng, batch, queries, keys, query_dim, value_dim)
+    layer, mha = paired_layers(heads, key_dim, keys + 3, selector, query, value, **kwargs)
+    value_mask = None
+    if masked:
+        value_mask = rng.random((batch, keys)) < 0.6
+        value_mask[:, rng.integers(keys)] = True  # every row keeps at least one valid key
+    layer_query = tf.sparse.from_dense(query) if sparse_query else query
+    out = layer(layer_query, value, value_mask=value_mask)
+    expected = mha(query, value, value_mask=value_mask)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+    assert out.shape == expected.shape
+
+
+def test_dot_with_top_k_below_n_matches_reference_over_exact_top_k():
+    rng = np.random.default_rng(1)
+    query, value = random_case(rng, 2, 6, 20, 7, 5)
+    layer, mha = paired_layers(3, 4, 5, "dot", query, value)
+    out, scores, indices = layer(tf.sparse.from_dense(query), value, return_attention_scores=True)
+    weights = mha.get_weights()
+    _, _, logits = reference.dense_attention(query, value, weights)
+    exact = reference.exact_top_k(logits, 5)
+    # The true top-k as a set (ties aside: random normals have none).
+    np.testing.assert_array_equal(np.sort(indices.numpy(), -1), np.sort(exact, -1))
+    ref_out, ref_scores = reference.selected_attention(query, value, weights, exact)
+    np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-5)
+    np.testing.assert_allclose(np.sort(scores.numpy(), -1), np.sort(ref_scores, -1), atol=1e-5)
+    np.testing.assert_allclose(scores.numpy().sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("selector", BUILT_IN)
+def test_top_k_below_n_matches_reference_over_the_selectors_own_indices(selector):
+    rng = np.random.default_rng(2)
+    query, value = random_case(rng, 2, 5, 16, 16, 16)
+    layer, mha = paired_layers(2, 4, 4, selector, query, value)
+    value_mask = rng.random((2, 16)) < 0.7
+    out, scores, indices = layer(tf.sparse.from_dense(query), value, value_mask=value_mask,
+                                 return_attention_scores=True)
+    mask = reference.combined_mask(2, 5, 16, key_mask=value_mask)
+    ref_out, ref_scores = reference.selected_attention(query, value, mha.get_weights(), indices.numpy(),
+                                                       attention_mask=mask)
+    np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-5)
+    np.testing.assert_allclose(scores.numpy(), ref_scores, atol=1e-5)
+    valid = indices.numpy() >= 0
+    np.testing.assert_allclose(np.where(valid, scores.numpy(), 0).sum(-1), 1.0, atol=1e-5)
+
+
+def test_window_picks_keys_nearest_the_proportional_position():
+    rng = np.random.default_rng(3)
+    query, value = random_case(rng, 1, 3, 9, 4, 4)
+    layer = SparseDenseMultiHeadAttention(1, 4, 3, selector="window")
+    _, _, indices = layer(tf.sparse.from_dense(query), value, return_attention_scores=True)
+    # Centres round(i·8/2) = 0, 4, 8 → nearest three keys each (lower index first on ties).
+    expected = [{0, 1, 2}, {3, 4, 5}, {6, 7, 8}]
+    assert [set(row) for row in indices.numpy()[0, 0]] == expected
+
+
+def test_cosine_ranks_by_raw_cosine_similarity():
+    rng = np.random.default_rng(4)
+    query, value = random_case(rng, 2, 4, 12, 6, 6)
+    layer = SparseDenseMultiHeadAttention(2, 3, 3, selector="cosine")
+    _, _, indices = layer(tf.sparse.from_dense(query), value, return_attention_scores=True)
+    cos = np.einsum("bmd,bnd->bmn", query, value) / (
+        np.linalg.norm(query, axis=-1)[..., None] * np.linalg.norm(value, axis=-1)[:, None, :])
+    expected = np.argsort(-cos, axis=-1)[..., :3]
+    for head in range(2):
+        np.testing.assert_array_equal(np.sort(indices.numpy()[:, head], -1), np.sort(expected, -1))
+
+
+def test_random_selector_is_reproducible_with_a_seed_and_uniform():
+    rng = np.random.default_rng(5)
+    query, value = random_case(rng, 1, 40, 10, 4, 4)
+    layer = SparseDenseMultiHeadAttention(1, 4, 3, selector={"name": "random", "seed": 7})
+    _, _, first = layer(tf.sparse.from_dense(query), value, return_attention_scores=True)
+    _, _, second = layer(tf.sparse.from_dense(query), value, return_attention_scores=True)
+    np.testing.assert_array_equal(first.numpy(), second.numpy())
+    counts = np.bincount(first.numpy().ravel(), minlength=10)
+    assert counts.min() > 0 and len(set(map(tuple, np.sort(first.numpy()[0, 0], -1)))) > 10
+
+
+# ---- property test: masks, empty rows, k beyond the valid count ---------------------------
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_masked_selection_is_nan_free_and_never_picks_a_forbidden_key(data):
+    batch = data.draw(st.integers(1, 2))
+    queries = data.draw(st.integers(1, 5))
+    keys = data.draw(st.integers(1, 7))
+    top_k = data.draw(st.integers(1, 9))
+    selector = data.draw(st.sampled_from(BUILT_IN))
+    causal = data.draw(st.booleans())
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    query, value = random_case(rng, batch, queries, keys, 3, 3, density=0.5)
+    value_mask = rng.random((batch, keys)) < data.draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]))
+    query_mask = rng.random((batch, queries)) < 0.8
+    attention_mask = rng.random((batch, queries, keys)) < 0.8
+    layer = SparseDenseMultiHeadAttention(2, 3, top_k, selector=selector)
+    sparse_query = tf.sparse.from_dense(query)
+    value_tensor = tf.constant(value)
+    with tf.GradientTape() as tape:
+        tape.watch(value_tensor)
+        out, scores, indices = layer(sparse_query, value_tensor, query_mask=query_mask, value_mask=value_mask,
+                                     attention_mask=attention_mask, use_causal_mask=causal,
+                                     return_attention_scores=True)
+        loss = tf.reduce_sum(out ** 2)
+    gradients = tape.gradient(loss, layer.trainable_weights + [value_tensor])
+    assert np.isfinite(out.numpy()).all()
+    for gradient in gradients:
+        assert gradient is None or np.isfinite(tf.convert_to_tensor(gradient).numpy()).all()
+    allowed = reference.combined_mask(batch, queries, keys, query_mask=query_mask, key_mask=value_mask,
+                                      attention_mask=attention_mask, use_causal_mask=causal)
+    allowed = np.broadcast_to(allowed, (batch, 2, queries, keys))
+    indices, scores = indices.numpy(), scores.numpy()
+    slots = min(top_k, keys)
+    assert indices.shape == scores.shape == (batch, 2, queries, slots)
+    picked = indices >= 0
+    assert np.take_along_axis(allowed, np.where(picked, indices, 0), -1)[picked].all()
+    assert (scores[~picked] == 0).all()
+    # Slots fill up to the number of allowed keys, and no key is picked twice.
+    np.testing.assert_array_equal(picked.sum(-1), np.minimum(allowed.sum(-1), slots))
+    for row in indices.reshape(-1, slots):
+        chosen = row[row >= 0]
+        assert len(set(chosen)) == len(chosen)
+    empty_rows = ~allowed.any(-1)
+    assert (indices[empty_rows] == -1).all()
+    np.testing.assert_allclose(scores.sum(-1), np.where(empty_rows, 0.0, 1.0), atol=1e-5)
+
+
+def test_fully_masked_rows_give_zero_context():
+    rng = np.random.default_rng(6)
+    query, value = random_case(rng, 2, 3, 5, 4, 4)
+    layer, mha = paired_layers(2, 4, 8, "dot", query, value)
+    value_mask = np.array([[False] * 5, [True, False, True, False, True]])
+    out = layer(tf.sparse.from_dense(query), value, value_mask=value_mask)
+    np.testing.assert_allclose(out.numpy()[1], mha(query, value, value_mask=value_mask).numpy()[1], atol=1e-5)
+    # Keras's fused inference path averages all values uniformly for a row with no valid key;
+    # the contract is a zero context, which leaves just the output bias (zero at init).
+    np.testing.assert_allclose(out.numpy()[0], 0.0, atol=1e-7)
+
+
+# ---- Keras parity ---------------------------------------------------------------------------
+
+def test_implicit_embedding_masks_equal_the_explicit_attention_mask():
+    rng = np.random.default_rng(7)
+    query_tokens = np.array([[3, 5, 2, 0, 0], [1, 4, 4, 6, 0]])
+    value_tokens = np.array([[2, 2, 7, 1, 0, 0], [5, 3, 0, 0, 0, 0]])
+    embed = keras.layers.Embedding(10, 6, mask_zero=True)
+    query, value = embed(query_tokens), embed(value_tokens)
+    assert query._keras_mask is not None
+    layer, mha = paired_layers(2, 3, 6, "dot", query.numpy(), value.numpy())
+    implicit = layer(query, value)
+    explicit_mask = (query_tokens != 0)[:, :, None] & (value_tokens != 0)[:, None, :]
+    explicit = layer(query.numpy(), value.numpy(), attention_mask=explicit_mask)
+    keras_out = mha(embed(query_tokens), embed(value_tokens))
+    np.testing.assert_allclose(implicit.numpy(), explicit.numpy(), atol=1e-6)
+    valid_rows = query_tokens != 0  # Keras's fused path is uniform, not zero, on masked query rows
+    np.testing.assert_allclose(implicit.numpy()[valid_rows], keras_out.numpy()[valid_rows], atol=1e-5)
+    np.testing.assert_allclose(implicit.numpy()[~valid_rows], 0.0, atol=1e-7)
+    np.testing.assert_array_equal(implicit._keras_mask.numpy(), query_tokens != 0)
+
+
+def test_attention_mask_ranks_agree():
+    rng = np.random.default_rng(8)
+    query, value = random_case(rng, 2, 4, 6, 5, 5)
+    layer, mha = paired_layers(3, 4, 6, "dot", query, value)
+    mask_2d = rng.random((4, 6)) < 0.7
+    mask_2d[:, 0] = True
+    sparse_query = tf.sparse.from_dense(query)
+    outputs = [layer(sparse_query, value, attention_mask=m).numpy() for m in (
+        mask_2d, np.broadcast_to(mask_2d, (2, 4, 6)), np.broadcast_to(mask_2d, (2, 3, 4, 6)))]
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-6)
+    np.testing.assert_allclose(outputs[0], outputs[2], atol=1e-6)
+    np.testing.assert_allclose(outputs[0], mha(query, value, attention_mask=mask_2d).numpy(), atol=1e-5)
+    per_head = rng.random((2, 3, 4, 6)) < 0.6
+    per_head[..., 0] = True
+    np.testing.assert_allclose(layer(sparse_query, value, attention_mask=per_head).numpy(),
+                               mha(query, value, attention_mask=per_head).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("selector", BUILT_IN)
+def test_causal_mask_matches_keras(selector):
+    rng = np.random.default_rng(9)
+    query, value = random_case(rng, 2, 5, 7, 4, 4)
+    layer, mha = paired_layers(2, 4, 7, selector, query, value)
+    out = layer(tf.sparse.from_dense(query), value, use_causal_mask=True)
+    np.testing.assert_allclose(out.numpy(), mha(query, value, use_causal_mask=True).numpy(), atol=1e-5)
+
+
+def test_query_mask_propagates_to_the_output():
+    rng = np.random.default_rng(10)
+    query, value = random_case(rng, 2, 4, 5, 3, 3)
+    layer = SparseDenseMultiHeadAttention(2, 3, 2)
+    query_mask = np.array([[True, True, False, False], [True, True, True, False]])
+    out = layer(tf.sparse.from_dense(query), value, query_mask=query_mask)
+    np.testing.assert_array_equal(out._keras_mask.numpy(), query_mask)
+
+
+@pytest.mark.parametrize("output_shape,expected_tail", [(7, (7,)), ((7,), (7,)), ((2, 3), (2, 3))])
+def test_output_shape_int_and_tuple(output_shape, expected_tail):
+    rng = np.random.default_rng(11)
+    query, value = random_case(rng, 2, 3, 4, 5, 6)
+    layer, mha = paired_layers(2, 3, 4, "dot", query, value, output_shape=output_shape)
+    out = layer(tf.sparse.from_dense(query), value)
+    assert out.shape == (2, 3) + expected_tail
+    np.testing.assert_allclose(out.numpy(), mha(query, value).numpy(), atol=1e-5)
+    assert layer.compute_output_shape((2, 3, 5), (2, 4, 6)) == (2, 3) + expected_tail
+
+
+@pytest.mark.parametrize("sparse_query", [True, False])
+def test_float16_with_identity_kernels_matches_keras(sparse_query):
+    rng = np.random.default_rng(12)
+    size, heads = 4, 2
+    query, value = random_case(rng, 2, 3, 5, size, size)
+    mha = keras.layers.MultiHeadAttention(heads, size, dtype="float16")
+    mha(query, value)
+    identity = np.stack([np.eye(size)] * heads, axis=1)  # [D, H, D]
+    weights = [identity, np.zeros((heads, size)), identity, np.zeros((heads, size)),
+               identity, np.zeros((heads, size)), np.transpose(identity, (1, 0, 2)) / heads, np.zeros(size)]
+    mha.set_weights(weights)
+    layer = SparseDenseMultiHeadAttention(heads, size, 5, dtype="float16")
+    layer_query = tf.sparse.from_dense(query) if sparse_query else query
+    layer(layer_query, value)
+    layer.set_weights(weights)
+    out = layer(layer_query, value)
+    assert out.dtype == tf.float16
+    expected = mha(query, value)
+    np.testing.assert_allclose(out.numpy().astype("float32"), expected.numpy().astype("float32"), atol=2e-3)
+    ref, _, _ = reference.dense_attention(query, value, weights)
+    np.testing.assert_allclose(out.numpy().astype("float32"), ref, atol=1e-2)
+
+
+@pytest.mark.parametrize("policy", ["bfloat16", "mixed_float16", "mixed_bfloat16"])
+def test_runs_under_low_precision_policies(policy):
+    rng = np.random.default_rng(13)
+    query, value = random_case(rng, 2, 3, 6, 4, 4)
+    layer = SparseDenseMultiHeadAttention(2, 4, 3, dtype=policy)
+    out, scores, indices = layer(tf.sparse.from_dense(query), value, value_mask=[[True] * 6, [False] * 6],
+                                 return_attention_scores=True)
+    assert out.dtype == tf.as_dtype(layer.compute_dtype)
+    assert layer.weights[0].dtype == tf.as_dtype(layer.variable_dtype)
+    assert np.isfinite(out.numpy().astype("float32")).all()
+    assert (indices.numpy()[1] == -1).all()
+
+
+# ---- Keras integration ------------------------------------------------------------------------
+
+def test_weights_have_mha_order_and_shapes():
+    layer = SparseDenseMultiHeadAttention(3, 4, 2, value_dim=5, output_shape=(2, 3))
+    layer(tf.sparse.from_dense(np.ones((1, 2, 6), "float32")), np.ones((1, 3, 7), "float32"))
+    mha = keras.layers.MultiHeadAttention(3, 4, value_dim=5, output_shape=(2, 3))
+    mha(np.ones((1, 2, 6), "float32"), np.ones((1, 3, 7), "float32"))
+    assert [w.shape for w in layer.get_weights()] == [w.shape for w in mha.get_weights()]
+    assert [w.name for w in layer.weights] == [w.name for w in mha.weights]
+
+
+def test_runs_inside_tf_function_and_a_sparse_functional_model():
+    rng = np.random.default_rng(14)
+    query, value = random_case(rng, 2, 4, 6, 5, 3)
+    layer = SparseDenseMultiHeadAttention(2, 4, 3, selector="cosine", output_shape=2)
+    eager = layer(tf.sparse.from_dense(query), value)
+    compiled = tf.function(lambda q, v: layer(q, v))
+    np.testing.assert_allclose(compiled(tf.sparse.from_dense(query), value).numpy(), eager.numpy(), atol=1e-6)
+
+    query_input = keras.Input(shape=(4, 5), sparse=True)
+    value_input = keras.Input(shape=(6, 3))
+    output, scores, indices = layer(query_input, value_input, return_attention_scores=True)
+    assert tuple(scores.shape) == (None, 2, 4, 3) and tuple(indices.shape) == (None, 2, 4, 3)
+    model = keras.Model([query_input, value_input], output)
+    np.testing.assert_allclose(model([tf.sparse.from_dense(query), tf.constant(value)]).numpy(), eager.numpy(), atol=1e-6)
+
+
+@keras.saving.register_keras_serializable(package="sdattn_tests")
+class FirstKeysSelector(sdattn.Selector):
+    """A user's selector: always the first keys, in reverse order (shared by all heads)."""
+
+    def __init__(self, reverse=True, **kwargs):
+        super().__init__(**kwargs)
+        self.reverse = reverse
+
+    def scores(self, context, start, stop):
+        positions = tf.cast(tf.range(start, stop), tf.float32)
+        ranked = -positions if self.reverse else positions
+        shape = tf.stack([tf.shape(context.key)[0], 1, context.num_queries, stop - start])
+        return tf.broadcast_to(ranked, shape)
+
+    def get_config(self):
+        return {**super().get_config(), "reverse": self.reverse}
+
+
+@pytest.mark.parametrize("selector", BUILT_IN + ["custom"])
+def test_keras_save_and_load_round_trip(selector, tmp_path):
+    rng = np.random.default_rng(15)
+    query, value = random_case(rng, 2, 4, 6, 5, 3)
+    chosen = FirstKeysSelector() if selector == "custom" else (
+        {"name": "random", "seed": 3} if selector == "random" else selector)
+    query_input = keras.Input(shape=(4, 5), sparse=True)
+    value_input = keras.Input(shape=(6, 3))
+    layer = SparseDenseMultiHeadAttention(2, 4, 3, selector=chosen, name="sdattn")
+    model = keras.Model([query_input, value_input], layer(query_input, value_input))
+    inputs = [tf.sparse.from_dense(query), tf.constant(value)]
+    before = model(inputs).numpy()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    np.testing.assert_array_equal(restored(inputs).numpy(), before)
+    restored_layer = restored.get_layer("sdattn")
+    assert type(restored_layer.selector) is type(layer.selector)
+    if selector == "custom":
+        _, _, indices = restored_layer(*inputs, return_attention_scores=True)
+        np.testing.assert_array_equal(indices.numpy()[0, 0, 0], [0, 1, 2])
+
+
+def test_get_config_keys_are_the_constructor_arguments():
+    import inspect
+    layer = SparseDenseMultiHeadAttention(2, 4, 3)
+    own_keys = set(layer.get_config()) - set(keras.layers.Layer().get_config())
+    parameters = set(inspect.signature(SparseDenseMultiHeadAttention.__init__).parameters) - {"self", "kwargs"}
+    assert own_keys | {"activity_regularizer"} == parameters | {"activity_regularizer"}
+    clone = SparseDenseMultiHeadAttention.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+def test_model_fit_lowers_the_loss_and_reaches_every_kernel():
+    rng = np.random.default_rng(16)
+    query, value = random_case(rng, 32, 4, 8, 6, 5)
+    teacher = keras.layers.MultiHeadAttention(2, 4, output_shape=3, kernel_initializer=keras.initializers.GlorotUniform(seed=1))
+    target = teacher(query, value).numpy()
+    query_input = keras.Input(shape=(4, 6), sparse=True)
+    value_input = keras.Input(shape=(8, 5))
+    layer = SparseDenseMultiHeadAttention(2, 4, 4, output_shape=3, seed=2)
+    model = keras.Model([query_input, value_input], layer(query_input, value_input))
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+    inputs = [tf.sparse.from_dense(query), tf.constant(value)]
+    before = [w.numpy().copy() for w in layer.trainable_weights]
+    history = model.fit(inputs, target, epochs=15, batch_size=32, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.7 * losses[0]
+    after = layer.trainable_weights
+    assert len(after) == 8
+    for old, new in zip(before, after):
+        assert not np.allclose(old, new.numpy()), new.name
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"top_k": 0}, r"`top_k`.*top_k=0"),
+    ({"top_k": 2.5}, r"`top_k`.*top_k=2.5"),
+    ({"top_k": "3"}, r"`top_k`.*top_k='3'"),
+    ({"num_heads": 0}, r"Received an invalid value for argument `num_heads`.*Received: num_heads=0"),
+    ({"num_heads": -2}, r"`num_heads`.*num_heads=-2"),
+    ({"num_heads": 1.5}, r"`num_heads`.*num_heads=1.5"),
+    ({"key_dim": 0}, r"`key_dim`.*key_dim=0"),
+    ({"key_dim": -2}, r"`key_dim`.*key_dim=-2"),
+    ({"key_dim": 1.5}, r"`key_dim`.*key_dim=1.5"),
+    ({"value_dim": 0}, r"`value_dim`.*value_dim=0"),
+    ({"value_dim": 1.5}, r"`value_dim`.*value_dim=1.5"),
+    ({"output_shape": "wide"}, r"`output_shape`.*output_shape='wide'"),
+    ({"output_shape": (2, 0.5)}, r"`output_shape`.*output_shape=\(2, 0.5\)"),
+    ({"selector": "nearest"}, r"`selector`.*\['dot', 'cosine', 'random', 'window'.*selector='nearest'"),
+    ({"selector": 3}, r"`selector`.*selector=3"),
+    ({"dropout": 1.5}, r"`dropout`.*dropout=1.5"),
+])
+def test_constructor_errors_name_the_argument_and_value(kwargs, pattern):
+    arguments = {"num_heads": 2, "key_dim": 4, "top_k": 3, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        SparseDenseMultiHeadAttention(**arguments)
+
+
+def _call_error_cases():
+    ones = lambda *shape: np.ones(shape, "float32")  # noqa: E731
+    return [
+        ({"query": ones(2, 5), "value": ones(2, 4, 3)}, r"`query`.*rank 3.*query.shape=\(2, 5\)"),
+        ({"query": ones(2, 3, 5), "value": ones(3, 4, 3)}, r"same batch size.*query.shape=\(2, 3, 5\)"),
+        ({"query": ones(2, 3, 5), "value": ones(2, 4, 3), "key": ones(2, 6, 3)}, r"`key` and `value`.*key.shape=\(2, 6, 3\)"),
+        ({"query": ones(2, 3, 5), "value": ones(2, 4, 3), "value_mask": np.ones((2, 5), bool)}, r"`value_mask`.*value_mask.shape=\(2, 5\)"),
+        ({"query": ones(2, 3, 5), "value": ones(2, 4, 3), "query_mask": np.ones((2, 4), bool)}, r"`query_mask`.*query_mask.shape=\(2, 4\)"),
+        ({"query": ones(2, 3, 5), "value": ones(2, 4, 3), "attention_mask": np.ones((3, 5), bool)}, r"`attention_mask`.*attention_mask.shape=\(3, 5\)"),
+        ({"query": ones(2, 3, 5), "value": ones(2, 4, 3), "attention_mask": np.ones((4,), bool)}, r"`attention_mask`.*attention_mask.shape=\(4,\)"),
+        ({"query": ones(2, 3, 5), "value": np.ones((2, 4, 3), "int32")}, r"`value`.*float.*value.dtype=int32"),
+    ]
+
+
+@pytest.mark.parametrize("call_kwargs,pattern", _call_error_cases())
+def test_call_errors_name_the_argument_and_value(call_kwargs, pattern):
+    layer = SparseDenseMultiHeadAttention(2, 4, 3)
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        layer(**call_kwargs)
+
+
+# ---- the original write-up's example ------------------------------------------------------------
+
+def test_original_write_up_example_runs_and_is_finite():
+    query = tf.sparse.SparseTensor(indices=[[0, 0, 0], [0, 1, 2], [0, 2, 1]], values=[1.0, 2.0, 3.0],
+                                   dense_shape=[1, 3, 3])
+    value = tf.constant([[[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]], tf.float32)
+    layer = SparseDenseMultiHeadAttention(num_heads=2, key_dim=3, top_k=10)
+    out, scores, indices = layer(query, value, return_attention_scores=True)
+    assert out.shape == (1, 3, 3) and indices.shape == (1, 2, 3, 4)
+    assert np.isfinite(out.numpy()).all()
+    assert sorted(indices.numpy()[0, 0, 0]) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("selector", BUILT_IN)
+def test_unknown_lengths_inside_tf_function_match_eager(selector):
+    rng = np.random.default_rng(17)
+    layer = SparseDenseMultiHeadAttention(2, 4, 5, selector={"name": selector, "seed": 1} if selector == "random" else selector)
+    signature = [tf.SparseTensorSpec([None, None, 6], tf.float32), tf.TensorSpec([None, None, 6]),
+                 tf.TensorSpec([None, None], tf.bool)]
+    compiled = tf.function(lambda q, v, m: layer(q, v, value_mask=m, return_attention_scores=True),
+                           input_signature=signature)
+    for keys in (3, 9):  # fewer and more keys than top_k
+        query, value = random_case(rng, 2, 4, keys, 6, 6)
+        value_mask = rng.random((2, keys)) < 0.8
+        sparse_query = tf.sparse.from_dense(query)
+        graph_out, _, graph_indices = compiled(sparse_query, value, value_mask)
+        eager_out, _, eager_indices = layer(sparse_query, value, value_mask=value_mask, return_attention_scores=True)
+        np.testing.assert_allclose(graph_out.numpy(), eager_out.numpy(), atol=1e-6)
+        assert graph_indices.shape[-1] == 5 and eager_indices.shape[-1] == min(5, keys)
+        np.testing.assert_array_equal(graph_indices.numpy()[..., : min(5, keys)], eager_indices.numpy())
+        assert (graph_indices.numpy()[..., keys:] == -1).all()
