@@ -231,10 +231,19 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         num_keys = key.shape[1]
         slots = self._top_k if num_keys is None else min(self._top_k, num_keys)
         indices, slot_valid = self._select(context, slots)  # [B, H|1, M, k] each
-        projected_key = context.projected_key  # [B, N, H, kd]
-        projected_value = self._value_dense(value)  # [B, N, H, vd]
-        selected_key = self._gather_heads(projected_key, indices)  # [B, H, M, k, kd]
-        selected_value = self._gather_heads(projected_value, indices)  # [B, H, M, k, vd]
+        # Project only the selected tokens when they are fewer than all N tokens; otherwise
+        # (or when the selector already projected every key) project all and gather.
+        num_queries = indices.shape[2]
+        select_rows = (num_keys is not None and num_queries is not None
+                       and indices.shape[1] * num_queries * slots < num_keys)
+        if context.has_projected_key or not select_rows:
+            selected_key = self._gather_heads(context.projected_key, indices)  # [B, H, M, k, kd]
+        else:
+            selected_key = self._project_selected(key, self._key_dense, indices)  # [B, H, M, k, kd]
+        if select_rows:
+            selected_value = self._project_selected(value, self._value_dense, indices)  # [B, H, M, k, vd]
+        else:
+            selected_value = self._gather_heads(self._value_dense(value), indices)  # [B, H, M, k, vd]
         bias = self.selector.attention_bias(context, tf.where(slot_valid, indices, 0))
         attention_output, scores = self._compute_attention(
             projected_query, selected_key, selected_value, slot_valid, bias, training)
@@ -380,6 +389,36 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         flat = tf.reshape(indices, tf.stack([batch, heads, -1]))  # [B, H, M·k]
         rows = tf.gather(by_head, flat, batch_dims=2)  # [B, H, M·k, d]
         return tf.reshape(rows, tf.stack([batch, heads, num_queries, slots, depth]))  # [B, H, M, k, d]
+
+    def _project_selected(self, tokens, projection, indices):
+        """Projects only the selected tokens, each distinct (batch, token) once.
+
+        Args:
+            tokens: raw dense tokens `[B, N, D]`.
+            projection: the key or value `EinsumDense` whose kernel `[D, H, d]` and bias to use.
+            indices: in-range positions `[B, S, M, k]`, S = 1 (shared) or H (per head).
+
+        Returns:
+            `[B, H, M, k, d]`: each head's projection of each slot's token.
+        """
+        batch, num_tokens = tf.shape(tokens)[0], tf.shape(tokens)[1]
+        selection_heads, num_queries, slots = indices.shape[1], tf.shape(indices)[2], tf.shape(indices)[3]
+        heads, depth = self._num_heads, projection.kernel.shape[-1]
+        offsets = tf.range(batch)[:, None, None, None] * num_tokens  # [B, 1, 1, 1]
+        flat_ids = tf.reshape(indices + offsets, [-1])  # [B·S·M·k]
+        unique_ids, position = tf.unique(flat_ids)  # [U], [B·S·M·k]
+        rows = tf.gather(tf.reshape(tokens, [-1, tokens.shape[-1]]), unique_ids)  # [U, D]
+        projected = tf.einsum("ud,dhe->uhe", rows, tf.cast(projection.kernel, rows.dtype))  # [U, H, d]
+        if self._use_bias:
+            projected = projected + tf.cast(projection.bias, projected.dtype)
+        if selection_heads == 1:
+            per_slot = tf.gather(projected, position)  # [B·M·k, H, d]
+            per_slot = tf.reshape(per_slot, tf.stack([batch, num_queries, slots, heads, depth]))  # [B, M, k, H, d]
+            return tf.transpose(per_slot, [0, 3, 1, 2, 4])  # [B, H, M, k, d]
+        # Per-head selection: slot (b, h, m, j) reads head h of its token's projection.
+        head_of_slot = tf.reshape(tf.broadcast_to(tf.range(heads)[None, :, None, None], tf.shape(indices)), [-1])  # [B·H·M·k]
+        per_slot = tf.gather(tf.reshape(projected, [-1, depth]), position * heads + head_of_slot)  # [B·H·M·k, d]
+        return tf.reshape(per_slot, tf.stack([batch, heads, num_queries, slots, depth]))  # [B, H, M, k, d]
 
     def _compute_attention(self, query, selected_key, selected_value, slot_valid, bias=None,
                            training=None):

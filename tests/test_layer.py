@@ -470,3 +470,25 @@ def test_unknown_lengths_inside_tf_function_match_eager(selector):
         assert graph_indices.shape[-1] == 5 and eager_indices.shape[-1] == min(5, keys)
         np.testing.assert_array_equal(graph_indices.numpy()[..., : min(5, keys)], eager_indices.numpy())
         assert (graph_indices.numpy()[..., keys:] == -1).all()
+
+
+@pytest.mark.parametrize("selector", BUILT_IN)
+def test_projecting_only_selected_tokens_matches_reference(selector):
+    # M·k (·H for per-head selectors) < N: the layer projects only the selected tokens.
+    rng = np.random.default_rng(18)
+    query, value = random_case(rng, 2, 3, 40, 6, 6)
+    key = rng.normal(size=(2, 40, 5)).astype("float32")
+    mha = keras.layers.MultiHeadAttention(2, 4, value_dim=3)
+    mha(query, value, key=key)
+    layer = SparseDenseMultiHeadAttention(2, 4, 2, selector=selector, value_dim=3)
+    layer(tf.sparse.from_dense(query), value, key=key)
+    layer.set_weights(mha.get_weights())
+    value_mask = rng.random((2, 40)) < 0.5
+    out, scores, indices = layer(tf.sparse.from_dense(query), value, key=key, value_mask=value_mask,
+                                 return_attention_scores=True)
+    mask = reference.combined_mask(2, 3, 40, key_mask=value_mask)
+    ref_out, ref_scores = reference.selected_attention(query, value, mha.get_weights(), indices.numpy(),
+                                                       key=key, attention_mask=mask)
+    np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-5)
+    np.testing.assert_allclose(scores.numpy(), ref_scores, atol=1e-5)
+    assert (indices.numpy() >= 0).all()
