@@ -105,11 +105,15 @@ def test_window_picks_keys_nearest_the_proportional_position():
     assert [set(row) for row in indices.numpy()[0, 0]] == expected
 
 
-def test_cosine_ranks_by_raw_cosine_similarity():
+@pytest.mark.parametrize("sparse_density", [0.0, 1.0], ids=["sparse-matmul", "dense-matmul"])
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
+def test_cosine_ranks_by_raw_cosine_similarity(sparse_density, graph):
     rng = np.random.default_rng(4)
     query, value = random_case(rng, 2, 4, 12, 6, 6)
-    layer = SparseDenseMultiHeadAttention(2, 3, 3, selector="cosine")
-    _, _, indices = layer(tf.sparse.from_dense(query), value, return_attention_scores=True)
+    selector = {"name": "cosine", "sparse_density": sparse_density}
+    layer = SparseDenseMultiHeadAttention(2, 3, 3, selector=selector)
+    run = lambda q, v: layer(q, v, return_attention_scores=True)  # noqa: E731
+    _, _, indices = (tf.function(run) if graph else run)(tf.sparse.from_dense(query), tf.constant(value))
     cos = np.einsum("bmd,bnd->bmn", query, value) / (
         np.linalg.norm(query, axis=-1)[..., None] * np.linalg.norm(value, axis=-1)[:, None, :])
     expected = np.argsort(-cos, axis=-1)[..., :3]
