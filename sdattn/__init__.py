@@ -5,12 +5,37 @@ Sparse query rows attend over dense token embeddings, through only the top-k key
 
 __version__ = "0.1.0"
 
+from sdattn.inputs import (
+    Budget,
+    Example,
+    InputError,
+    InputWarning,
+    available_generators,
+    generate_inputs,
+    generator_defaults,
+    generator_descriptions,
+    load_inputs,
+    save_inputs,
+    validate_example,
+)
 from sdattn.layer import SparseDenseMultiHeadAttention
-from sdattn.selection import Selector, available_selectors
+from sdattn.selection import Selector, available_selectors, selector_descriptions
 
 __all__ = [
+    "Budget",
+    "Example",
+    "InputError",
+    "InputWarning",
     "SparseDenseMultiHeadAttention",
     "Selector",
+    "available_generators",
     "available_selectors",
+    "generate_inputs",
+    "generator_defaults",
+    "generator_descriptions",
+    "load_inputs",
+    "save_inputs",
+    "selector_descriptions",
+    "validate_example",
     "__version__",
 ]
