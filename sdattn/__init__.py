@@ -21,11 +21,30 @@ from sdattn.inputs import (
 from sdattn.layer import SparseDenseMultiHeadAttention
 from sdattn.selection import Selector, available_selectors, selector_descriptions
 
+# Importing these modules registers the `learned`, `lsh` and `hybrid` selectors.
+from sdattn.hashing import LSHSelector
+from sdattn.hybrid import HybridSelector
+from sdattn.learned import LearnedSelector
+
+from sdattn.comparison import (
+    SelectorRun,
+    compare_selectors,
+    k_sweep_table,
+    per_query_table,
+    run_selector,
+    run_selectors,
+    summary_table,
+)
+
 __all__ = [
     "Budget",
     "Example",
     "InputError",
     "InputWarning",
+    "HybridSelector",
+    "LSHSelector",
+    "LearnedSelector",
+    "SelectorRun",
     "SparseDenseMultiHeadAttention",
     "Selector",
     "available_generators",
@@ -33,6 +52,12 @@ __all__ = [
     "generate_inputs",
     "generator_defaults",
     "generator_descriptions",
+    "compare_selectors",
+    "k_sweep_table",
+    "per_query_table",
+    "run_selector",
+    "run_selectors",
+    "summary_table",
     "load_inputs",
     "save_inputs",
     "selector_descriptions",

@@ -182,7 +182,8 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         self._output_dense.build((query_shape[0], query_shape[1], self._num_heads, self._value_dim))
         self._dropout_layer = keras.layers.Dropout(rate=self._dropout, seed=self.seed, dtype=self.dtype_policy)
         self._selector = self._pending_selector
-        self._selector.build(query_shape, key_shape, self._num_heads, self._key_dim)
+        if not self._selector.built:  # a loaded model may have built it from its own config
+            self._selector.build(query_shape, key_shape, self._num_heads, self._key_dim)
         self.built = True
 
     @staticmethod
@@ -354,9 +355,10 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         """Runs the selector, then marks slots the mask forbids: `(indices, valid)`, `[B, S, M, k]`."""
         indices = tf.cast(self.selector.select(context, slots), tf.int32)  # [B, S, M, k]
         if indices.shape.rank != 4 or indices.shape[-1] not in (None, slots):
+            received = "unknown" if indices.shape.rank is None else tuple(indices.shape)
             raise ValueError(
                 f"Selector {type(self.selector).__name__} must return indices of shape [B, S, M, {slots}]. "
-                f"Received: shape={tuple(indices.shape)}")
+                f"Received: shape={received}")
         if indices.shape[1] is None:
             # Unknown selection-head count: treat it as per head.
             shape = tf.shape(indices)

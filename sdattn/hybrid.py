@@ -1,0 +1,121 @@
+"""The `hybrid` selector: a local `window` part plus a per-head `dot` part, with a configurable split.
+Window keys come first; dot fills the remaining slots with the best keys the window did not take."""
+
+import math
+import numbers
+
+import tensorflow as tf
+
+from sdattn.selection import Selector, WindowSelector, register_selector
+
+
+@register_selector("hybrid", "A window of local keys plus the best remaining keys by q·k, per head.")
+class HybridSelector(Selector):
+    """Per-head selection: ⌈f·k⌉ local keys from `window`, then the best others by `dot`.
+
+    The window part takes the ⌈window_fraction·k⌉ allowed keys nearest the query's proportional
+    position (see `window`); the dot part fills the other slots, separately for each head, with
+    the keys of largest scaled q·k among those the window part did not take. No key is selected
+    twice (a duplicate would count twice in attention), and masked keys fill slots only when
+    fewer than k keys are allowed (the layer then marks those slots invalid).
+
+    With `top_k >= N` every allowed key is selected, so the layer equals Keras MHA.
+
+    Args:
+        window_fraction: share f of the k slots given to the window part, in [0, 1]; 0 is `dot`,
+            1 is `window`. 0.5 keeps local context and long-range matches in equal measure.
+        block_size: keys scored per block (see `Selector`).
+    """
+
+    per_head = True
+
+    def __init__(self, window_fraction=0.5, block_size=None, **kwargs):
+        if (isinstance(window_fraction, bool) or not isinstance(window_fraction, numbers.Real)
+                or not 0.0 <= window_fraction <= 1.0):
+            raise ValueError(
+                "Received an invalid value for argument `window_fraction`, expected a float in "
+                f"[0, 1]. Received: window_fraction={window_fraction!r}")
+        super().__init__(block_size=block_size, **kwargs)
+        self.window_fraction = float(window_fraction)
+        self._window = WindowSelector(block_size=block_size)
+
+    def build(self, query_shape=None, key_shape=None, num_heads=None, key_dim=None):
+        self._window.build(query_shape, key_shape, num_heads, key_dim)
+        self.built = True
+
+    def window_slots(self, k):
+        """How many of k slots the window part takes: ⌈window_fraction·k⌉."""
+        # Rounded first so that 0.3·10 = 3.0000000000000004 gives 3, not 4.
+        return min(int(k), math.ceil(round(self.window_fraction * k, 9)))
+
+    def select(self, context, k):
+        window_slots = self.window_slots(k)
+        dot_slots = k - window_slots
+        window_indices = self._window.select(context, window_slots) if window_slots else None  # [B, 1|H, M, w]
+        if not dot_slots:
+            return window_indices
+        dot_indices = self._best_remaining(context, dot_slots, k, window_indices)  # [B, H, M, k - w]
+        if window_indices is None:
+            return dot_indices
+        target = tf.concat([tf.shape(dot_indices)[:3], [window_slots]], 0)
+        window_indices = tf.broadcast_to(tf.cast(window_indices, tf.int32), target)  # [B, H, M, w]
+        return tf.concat([window_indices, tf.cast(dot_indices, tf.int32)], axis=-1)  # [B, H, M, k]
+
+    def scores(self, context, start, stop):
+        """The dot part's relevance, scaled q·k per head: float `[B, H, M, stop - start]`."""
+        key_block = context.projected_key[:, start:stop]  # [B, n, H, kd]
+        return tf.einsum("bmhd,bnhd->bhmn", context.projected_query, key_block)  # [B, H, M, n]
+
+    def _ranked_block(self, context, start, stop, taken):
+        """Dot scores of keys [start, stop) in three tiers: allowed > forbidden > taken by the window."""
+        block_scores = tf.cast(self.scores(context, start, stop), tf.float32)  # [B, H, M, n]
+        mask = context.mask.block(start, stop)
+        if mask is not None:
+            block_scores = tf.where(mask, block_scores, tf.float32.min)
+        if taken is not None:
+            positions = tf.range(start, stop)
+            is_taken = tf.reduce_any(
+                tf.equal(tf.cast(taken, tf.int32)[..., :, None], positions), axis=-2)  # [B, 1|H, M, n]
+            block_scores = tf.where(is_taken, -math.inf, block_scores)
+        return block_scores
+
+    def _best_remaining(self, context, slots, k, taken):
+        """The dot part: int32 `[B, H, M, slots]`, never a key in `taken` ([B, 1|H, M, w] or None)."""
+        num_keys = context.num_keys
+        if not isinstance(num_keys, int):
+            # Unknown N: one block, padded to k columns so that k - w untaken columns always exist;
+            # padded positions are >= N, which the layer marks invalid.
+            block_scores = self._ranked_block(context, 0, num_keys, None)
+            static_shape = block_scores.shape[:3]
+            pad = tf.maximum(k - tf.shape(block_scores)[-1], 0)
+            block_scores = tf.pad(block_scores, [[0, 0], [0, 0], [0, 0], [0, pad]],
+                                  constant_values=tf.float32.min)
+            if taken is not None:
+                # Marked after padding: the window part may have taken padding positions too.
+                positions = tf.range(tf.shape(block_scores)[-1])
+                is_taken = tf.reduce_any(
+                    tf.equal(tf.cast(taken, tf.int32)[..., :, None], positions), axis=-2)  # [B, 1|H, M, n']
+                block_scores = tf.where(is_taken, -math.inf, block_scores)
+            _, indices = tf.math.top_k(block_scores, k=slots)
+            return tf.ensure_shape(indices, static_shape.concatenate([slots]))  # [B, H, M, slots]
+        block = self._block_size(context, k)
+        best_values = best_indices = None
+        for start in range(0, num_keys, block):
+            stop = min(start + block, num_keys)
+            values, indices = tf.math.top_k(self._ranked_block(context, start, stop, taken),
+                                            k=min(slots, stop - start))
+            indices += start
+            if best_values is None:
+                best_values, best_indices = values, indices
+                continue
+            # Merge the running top with this block's: [B, H, M, 2·slots] → [B, H, M, slots].
+            merged_values = tf.concat([best_values, values], axis=-1)
+            merged_indices = tf.concat([best_indices, indices], axis=-1)
+            best_values, order = tf.math.top_k(merged_values, k=min(slots, merged_values.shape[-1]))
+            best_indices = tf.gather(merged_indices, order, batch_dims=3)
+        return best_indices
+
+    def get_config(self):
+        config = super().get_config()
+        config["window_fraction"] = self.window_fraction
+        return config
