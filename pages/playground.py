@@ -1,0 +1,55 @@
+"""Playground: generate or upload an input, run sparse-dense attention, and see which keys each
+query selected, how every head weighted them, and the detail of one query."""
+
+import streamlit as st
+
+from ui import detail, params, runner, views, widgets
+
+SELECTION_CHART = "selection_view"
+HEATMAP_CHART = "head_heatmaps"
+QUERY_TABLE = "query_table"
+
+st.title("Playground")
+st.caption(
+    "Each **row** is a sparse query, each **column** a dense key token. The selector keeps "
+    "**k keys per query**; attention then runs over those k only, so every head's weights live "
+    "on the selected cells and the rest stays empty."
+)
+
+with st.sidebar:
+    st.header("Input")
+    example, input_spec = widgets.input_panel()
+    item = widgets.batch_item_control(example.batch_size) if example is not None else 0
+    st.header("Model")
+    # Without an input (an upload still missing) k keeps its range, so it is not clamped to 1.
+    settings = widgets.model_controls(
+        example.num_keys if example is not None else params.MAX_TOP_K)
+
+if example is None:
+    st.stop()
+
+single = example.item(item)  # B = 1: what the views show
+plan = views.plan_views(single.num_queries, single.num_keys, settings.num_heads)
+views.size_summary(plan, settings)
+with widgets.run_status(f"Running {settings.selector} top-{settings.top_k} attention"):
+    result, problem = runner.run_or_explain(input_spec, item, settings, example)
+if problem is not None:
+    st.error(problem)
+    st.stop()
+st.caption(f"Input: {input_spec.description}. Layer call: {result.seconds * 1000:.0f} ms.")
+
+st.subheader("Top-k selection")
+views.selection_view(single, input_spec, 0, result, plan, key=SELECTION_CHART,
+                     on_select=detail.select_from_chart(SELECTION_CHART))
+st.subheader("Attention weights per head")
+views.head_heatmaps(single, input_spec, result, plan, key=HEATMAP_CHART)
+
+st.subheader("Query detail")
+st.caption("Select a row, click a point in the selection view, or pick a query below.")
+detail.query_table(single, result, 0, key=QUERY_TABLE)
+query = detail.query_picker(single)
+logits = runner.query_logits(input_spec, item, settings, query, example)
+detail.query_detail(single, result, 0, query, logits, settings.top_k, key="detail")
+
+st.subheader("Downloads")
+views.download_buttons(single, result, input_spec, settings, item)

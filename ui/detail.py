@@ -1,0 +1,167 @@
+"""The linked query detail: choose a query (table row, chart click or picker), then inspect it.
+Row selections and clicks only write the `query` key, so picker, detail and URL always agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from sdattn import figures
+from ui import params
+from ui.runner import RunResult
+from ui.widgets import clamp, default, show_figure
+
+# Past a few hundred bars a ranked chart is a smear (and megabytes to send); the tail is cut.
+MAX_RANKED_BARS = 256
+
+
+def select_from_table(table_key: str):
+    """Returns an `on_select` callback for `st.dataframe`: the selected row becomes the query."""
+
+    def callback() -> None:
+        rows = st.session_state[table_key]["selection"]["rows"]
+        if rows:
+            st.session_state[params.QUERY] = int(rows[0])
+
+    return callback
+
+
+def _first_value(customdata):
+    """customdata[0] of a clicked point, whether it arrives as a list, a dict or a number."""
+    if isinstance(customdata, dict):  # a typed-array row serialised by index
+        customdata = [customdata[key] for key in sorted(customdata, key=int)]
+    if isinstance(customdata, (list, tuple)):
+        return customdata[0] if customdata else None
+    return customdata
+
+
+def select_from_chart(chart_key: str):
+    """Returns an `on_select` callback for a chart whose points carry the query in customdata[0]."""
+
+    def callback() -> None:
+        points = st.session_state[chart_key]["selection"]["points"]
+        for point in points:
+            query = _first_value(point.get("customdata"))
+            if query is not None:
+                st.session_state[params.QUERY] = int(query)
+                return
+
+    return callback
+
+
+def query_summary(example, result: RunResult, item: int) -> pd.DataFrame:
+    """One row per query: label, sparse non-zeros, distinct keys picked, ground truth found."""
+    labels = figures.axis_labels(example.query_labels, example.num_queries, "q")
+    csr = example.to_scipy(item)  # [M, Dq]
+    picked = [np.unique(result.indices[:, m][result.indices[:, m] >= 0])
+              for m in range(example.num_queries)]
+    table = {
+        "query": labels,
+        "non-zeros": np.diff(csr.indptr),
+        "keys picked": [len(keys) for keys in picked],
+    }
+    if example.ground_truth is not None:
+        truth = np.asarray(example.ground_truth)[item]  # [M, G]
+        table["ground truth found"] = [
+            f"{np.isin(row[row >= 0], keys).sum()}/{(row >= 0).sum()}"
+            for row, keys in zip(truth, picked)
+        ]
+    table["valid"] = np.asarray(example.query_mask)[item]
+    return pd.DataFrame(table)
+
+
+def query_table(example, result: RunResult, item: int, *, key: str) -> None:
+    """The per-query table; selecting a row chooses the query shown in the detail."""
+    st.dataframe(
+        query_summary(example, result, item),
+        key=key,
+        on_select=select_from_table(key),
+        selection_mode="single-row",
+        hide_index=True,
+        height=min(36 + 35 * example.num_queries, 320),
+        width="stretch",
+    )
+
+
+def query_picker(example) -> int:
+    """The selected query (a selectbox the table and chart clicks also set)."""
+    labels = figures.axis_labels(example.query_labels, example.num_queries, "q")
+    default(params.QUERY, 0)
+    clamp(params.QUERY, 0, example.num_queries - 1)
+    return int(st.selectbox(
+        "Query", range(example.num_queries), key=params.QUERY,
+        format_func=lambda m: f"{m}: {labels[m]}",
+        help="Or select a row in the table, or click a point in the selection view.",
+    ))
+
+
+def selected_keys_frame(result: RunResult, query: int, key_labels: list[str]) -> pd.DataFrame:
+    """Rows are heads, columns slots 1..k: `key label (weight)`, best first."""
+    rows = {}
+    for head in range(result.indices.shape[0]):
+        slots = result.indices[head, query]
+        weights = result.scores[head, query]
+        order = np.argsort(-weights, kind="stable")
+        rows[f"head {head}"] = [
+            f"{key_labels[slots[s]]} ({weights[s]:.3f})" if slots[s] >= 0 else "—"
+            for s in order
+        ]
+    return pd.DataFrame.from_dict(
+        rows, orient="index", columns=[f"#{i + 1}" for i in range(result.k)])
+
+
+def nonzeros_frame(example, item: int, query: int) -> pd.DataFrame:
+    """The query's sparse non-zeros, largest magnitude first."""
+    row = example.to_scipy(item)[query]
+    order = np.argsort(-np.abs(row.data), kind="stable")
+    feature_names = _feature_names(example)
+    frame = pd.DataFrame({"feature": row.indices[order], "value": row.data[order]})
+    if feature_names is not None:
+        frame.insert(1, "name", [feature_names[i] for i in row.indices[order]])
+    return frame
+
+
+def _feature_names(example):
+    """Names of the query features, when they are known.
+
+    `bag_of_words` queries are term rows over the same vocabulary as the keys (Dq = N), so the
+    key labels name the features; other examples may carry `metadata["feature_labels"]`.
+    """
+    metadata = example.metadata or {}
+    names = metadata.get("feature_labels")
+    if names is not None and len(names) == example.query_dim:
+        return [str(n) for n in names]
+    if (metadata.get("generator") == "bag_of_words" and example.key_labels is not None
+            and example.query_dim == example.num_keys):
+        return list(example.key_labels)
+    return None
+
+
+def query_detail(example, result: RunResult, item: int, query: int, logits: np.ndarray,
+                 top_k: int, *, key: str) -> None:
+    """Ranked scores with the k cut-off, selected keys per head, and the sparse non-zeros."""
+    query_labels = figures.axis_labels(example.query_labels, example.num_queries, "q")
+    key_labels = figures.axis_labels(example.key_labels, example.num_keys, "k")
+    if not np.asarray(example.query_mask)[item][query]:
+        st.warning(f"Query {query_labels[query]} is masked: it selects nothing and attends to "
+                   "nothing (zero output).")
+    chart, tables = st.columns([5, 4])
+    with chart:
+        fig = figures.ranked_scores_figure(
+            logits,
+            result.indices[:, query],
+            top_k=min(top_k, example.num_keys),
+            key_labels=key_labels,
+            valid_keys=np.asarray(example.value_mask)[item],
+            query_label=query_labels[query],
+            max_ranks=max(4 * top_k, MAX_RANKED_BARS),
+        )
+        show_figure(fig, key=f"{key}_ranked", filename=f"sdattn_query_{query}_scores")
+    with tables:
+        st.markdown(f"**Selected keys of {query_labels[query]}, per head** (weight)")
+        st.dataframe(selected_keys_frame(result, query, key_labels), key=f"{key}_keys",
+                     width="stretch")
+        st.markdown("**Sparse non-zeros of the query**")
+        st.dataframe(nonzeros_frame(example, item, query), key=f"{key}_nonzeros",
+                     hide_index=True, width="stretch", height=220)

@@ -1,0 +1,240 @@
+"""Cached runs of the sparse-dense layer for the app: inputs, layers, results.
+`st.cache_resource` holds built layers (shared, never copied); `st.cache_data` holds arrays."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+import sdattn
+from sdattn import inputs, reference, selection
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What identifies an example, cheap to hash: a generator call, or an upload's content.
+
+    Args:
+        source: `"generate"` or `"upload"`.
+        kind: generator kind (generate only).
+        params: sorted `(name, value)` pairs passed to the generator.
+        data_seed: generator seed.
+        name: uploaded file name (upload only).
+        digest: SHA-256 of the uploaded bytes (upload only).
+    """
+
+    source: str
+    kind: str | None = None
+    params: tuple[tuple[str, int | float | str | bool], ...] = ()
+    data_seed: int = 0
+    name: str | None = None
+    digest: str | None = None
+
+    @property
+    def description(self) -> str:
+        """One line for captions and file names."""
+        if self.source == "upload":
+            return f"uploaded file {self.name}"
+        settings = ", ".join(f"{name}={value}" for name, value in self.params)
+        return f"{self.kind}({settings}{', ' if settings else ''}seed={self.data_seed})"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The layer settings a page controls; frozen so it is a cheap cache key."""
+
+    top_k: int
+    num_heads: int
+    key_dim: int
+    selector: str
+    seed: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunResult:
+    """One batch item through the layer.
+
+    Attributes:
+        indices: int32 `[H, M, k]`, the selected key of each slot, `-1` for an invalid slot.
+        scores: float32 `[H, M, k]`, the softmax over the selected slots, 0 on invalid slots.
+        output: float32 `[M, Dout]`, the layer output.
+        seconds: wall time of the layer call (build included on the first call).
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    output: np.ndarray
+    seconds: float
+
+    @property
+    def k(self) -> int:
+        return int(self.indices.shape[-1])
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def generated_example(kind: str, params: tuple, data_seed: int) -> inputs.Example:
+    """`sdattn.generate_inputs`, cached per (kind, params, seed)."""
+    return inputs.generate_inputs(kind, seed=data_seed, **dict(params))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _uploaded_example(name: str, digest: str, _payload: bytes) -> inputs.Example:
+    """`sdattn.load_inputs` on an upload, cached by content (`digest` stands for `_payload`)."""
+    buffer = io.BytesIO(_payload)
+    buffer.name = name
+    return inputs.load_inputs(buffer)
+
+
+def read_upload(uploaded) -> tuple[inputs.Example | None, InputSpec | None, str | None]:
+    """Loads an uploaded file, turning any problem into a message instead of an exception.
+
+    Args:
+        uploaded: a Streamlit `UploadedFile` (or any object with `.name` and `.getvalue()`).
+
+    Returns:
+        `(example, spec, None)` on success, `(None, None, message)` when the file is not a valid
+        input; the message says what is wrong and what the app accepts.
+    """
+    payload = uploaded.getvalue()
+    digest = hashlib.sha256(payload).hexdigest()
+    try:
+        example = _uploaded_example(uploaded.name, digest, payload)
+    except inputs.InputError as error:
+        return None, None, f"Could not read {uploaded.name!r}: {error}"
+    return example, InputSpec(source="upload", name=uploaded.name, digest=digest), None
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def attention_weights(query_dim: int, value_dim: int, num_heads: int, key_dim: int,
+                      seed: int) -> list[np.ndarray]:
+    """Seeded Glorot-uniform weights in `keras.layers.MultiHeadAttention` order.
+
+    Drawn here rather than by the layer's initializer so that changing k or the selector keeps
+    the very same weights: the views then differ only by what the setting changes.
+    """
+    rng = np.random.default_rng(seed)
+
+    def glorot(fan_in, fan_out, shape):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+
+    return [
+        glorot(query_dim, num_heads * key_dim, (query_dim, num_heads, key_dim)),  # query kernel
+        np.zeros((num_heads, key_dim), np.float32),
+        glorot(value_dim, num_heads * key_dim, (value_dim, num_heads, key_dim)),  # key kernel
+        np.zeros((num_heads, key_dim), np.float32),
+        glorot(value_dim, num_heads * key_dim, (value_dim, num_heads, key_dim)),  # value kernel
+        np.zeros((num_heads, key_dim), np.float32),
+        glorot(num_heads * key_dim, query_dim, (num_heads, key_dim, query_dim)),  # output kernel
+        np.zeros((query_dim,), np.float32),
+    ]
+
+
+def selector_config(name: str, seed: int) -> str | dict:
+    """The `selector=` argument: seeded where the selector takes a seed (random), else the name."""
+    probe = selection.get(name)
+    if "seed" in probe.get_config():
+        return {"name": name, "seed": seed}
+    return name
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def get_layer(settings: ModelSettings, query_dim: int, value_dim: int):
+    """A built `SparseDenseMultiHeadAttention` holding `attention_weights(...)`, shared by all."""
+    layer = sdattn.SparseDenseMultiHeadAttention(
+        num_heads=settings.num_heads,
+        key_dim=settings.key_dim,
+        top_k=settings.top_k,
+        selector=selector_config(settings.selector, settings.seed),
+        seed=settings.seed,
+    )
+    layer.build((None, None, query_dim), (None, None, value_dim))
+    weights = layer.get_weights()
+    weights[:8] = attention_weights(
+        query_dim, value_dim, settings.num_heads, settings.key_dim, settings.seed)
+    layer.set_weights(weights)
+    return layer
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def run_layer(spec: InputSpec, item: int, settings: ModelSettings,
+              _example: inputs.Example) -> RunResult:
+    """Runs batch item `item` of the example through the layer.
+
+    `spec` identifies `_example` (which is not hashed: hashing arrays on every rerun would cost
+    more than the run itself at default sizes).
+    """
+    single = _example.item(item)  # B = 1
+    layer = get_layer(settings, single.query_dim, single.value_dim)
+    started = time.perf_counter()
+    output, scores, indices = layer(
+        single.to_sparse_tensor(),
+        single.value,
+        query_mask=single.query_mask,
+        value_mask=single.value_mask,
+        return_attention_scores=True,
+    )
+    seconds = time.perf_counter() - started
+    return RunResult(
+        indices=np.asarray(indices)[0].astype(np.int32),  # [H, M, k]
+        scores=np.asarray(scores)[0].astype(np.float32),  # [H, M, k]
+        output=np.asarray(output)[0],  # [M, Dout]
+        seconds=seconds,
+    )
+
+
+def run_or_explain(spec: InputSpec, item: int, settings: ModelSettings,
+                   example: inputs.Example) -> tuple[RunResult | None, str | None]:
+    """`run_layer`, with a refused setting turned into a message for `st.error`."""
+    import tensorflow as tf
+
+    try:
+        return run_layer(spec, item, settings, example), None
+    except (ValueError, TypeError, tf.errors.OpError) as error:
+        return None, f"The layer cannot run with these settings: {error}"
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def query_logits(spec: InputSpec, item: int, settings: ModelSettings, query: int,
+                 _example: inputs.Example) -> np.ndarray:
+    """One query's exact scores q·k/sqrt(key_dim) over all N keys, per head: `[H, N]`.
+
+    Computed by `sdattn.reference` for this query alone, so the detail view never needs the
+    full `[H, M, N]` score tensor.
+    """
+    single = _example.item(item)
+    dense_query = single.dense_query()[:, query : query + 1]  # [1, 1, Dq]
+    weights = attention_weights(
+        single.query_dim, single.value_dim, settings.num_heads, settings.key_dim, settings.seed)
+    _, _, logits = reference.dense_attention(dense_query, single.value, weights)
+    return logits[0, :, 0, :]  # [H, N]
+
+
+@st.cache_resource(show_spinner=False)
+def tensorflow_device() -> str:
+    """The device TensorFlow computes on: the first GPU's name, or "CPU"."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    name = details.get("device_name", gpus[0].name)
+    return f"GPU ({name})" + (f" + {len(gpus) - 1} more" if len(gpus) > 1 else "")
