@@ -21,7 +21,8 @@ from sdattn.inputs import (
 from sdattn.layer import SparseDenseMultiHeadAttention
 from sdattn.selection import Selector, available_selectors, selector_descriptions
 
-# Importing these modules registers the `learned`, `lsh` and `hybrid` selectors.
+# Importing these modules registers the `ann`, `learned`, `lsh` and `hybrid` selectors.
+from sdattn.ann import AnnSelector
 from sdattn.hashing import LSHSelector
 from sdattn.hybrid import HybridSelector
 from sdattn.learned import LearnedSelector
@@ -37,6 +38,7 @@ from sdattn.comparison import (
 )
 
 __all__ = [
+    "AnnSelector",
     "Budget",
     "Example",
     "InputError",

@@ -12,7 +12,7 @@ import sdattn
 from sdattn import reference
 from sdattn.layer import SparseDenseMultiHeadAttention
 
-BUILT_IN = ["dot", "cosine", "random", "window"]
+BUILT_IN = ["dot", "cosine", "random", "window", "ann"]
 
 
 def random_case(rng, batch, queries, keys, query_dim, value_dim, density=0.4):
@@ -412,7 +412,7 @@ def test_model_fit_lowers_the_loss_and_reaches_every_kernel():
     ({"value_dim": 1.5}, r"`value_dim`.*value_dim=1.5"),
     ({"output_shape": "wide"}, r"`output_shape`.*output_shape='wide'"),
     ({"output_shape": (2, 0.5)}, r"`output_shape`.*output_shape=\(2, 0.5\)"),
-    ({"selector": "nearest"}, r"`selector`.*\['dot', 'cosine', 'random', 'window'.*selector='nearest'"),
+    ({"selector": "nearest"}, r"`selector`.*\['dot', 'cosine', 'random', 'window', .*'ann'.*selector='nearest'"),
     ({"selector": 3}, r"`selector`.*selector=3"),
     ({"dropout": 1.5}, r"`dropout`.*dropout=1.5"),
 ])

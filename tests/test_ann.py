@@ -1,0 +1,272 @@
+"""Tests of the Faiss-backed `ann` selector: oracle against Keras MHA, recall against exact cosine
+in NumPy, masks, the index cache, tf.function, save/load and argument errors."""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import sdattn
+import sdattn.ann  # noqa: F401  (registers "ann" until sdattn/__init__ imports it)
+from sdattn import reference
+from sdattn.ann import AnnSelector
+from sdattn.inputs import generate_inputs
+from sdattn.layer import SparseDenseMultiHeadAttention
+
+
+def random_case(rng, batch, queries, keys, query_dim, value_dim, density=0.4):
+    query = rng.normal(size=(batch, queries, query_dim)).astype("float32")
+    query[rng.random(query.shape) > density] = 0.0
+    query[:, :, 0] += 0.5  # no all-zero query row
+    value = rng.normal(size=(batch, keys, value_dim)).astype("float32")
+    return query, value
+
+
+def exact_cosine_top_k(query, keys, k, allowed=None):
+    """NumPy reference: `[B, S, M, k]` positions of the k most cosine-similar allowed keys, -1 if none."""
+    query_unit = query / np.linalg.norm(query, axis=-1, keepdims=True)
+    key_unit = keys / np.linalg.norm(keys, axis=-1, keepdims=True)
+    cosine = np.einsum("bmd,bnd->bmn", query_unit, key_unit)[:, None]  # [B, 1, M, N]
+    if allowed is not None:
+        cosine = np.broadcast_to(cosine, np.broadcast_shapes(cosine.shape, np.shape(allowed)))  # [B, S, M, N]
+    return reference.exact_top_k(cosine, k, attention_mask=allowed)
+
+
+def recall(selected, exact):
+    """Mean over query rows of |selected ∩ exact| / |exact|, on `[..., k]` index arrays."""
+    selected, exact = selected.reshape(-1, selected.shape[-1]), exact.reshape(-1, exact.shape[-1])  # [rows, k]
+    hits = (selected[:, :, None] == exact[:, None, :]) & (exact[:, None, :] >= 0)
+    sizes = (exact >= 0).sum(-1)
+    keep = sizes > 0
+    return float(np.mean(hits.any(1).sum(-1)[keep] / sizes[keep]))
+
+
+def config_p_case(num_keys, num_queries, seed=0):
+    example = generate_inputs("config_p", seed=seed, num_keys=num_keys, num_queries=num_queries)
+    return example.dense_query(), example.value, example
+
+
+def test_ann_is_registered():
+    assert "ann" in sdattn.available_selectors()
+    assert isinstance(SparseDenseMultiHeadAttention(2, 4, 3, selector="ann").selector, AnnSelector)
+
+
+# ---- oracle -----------------------------------------------------------------------------------
+
+ORACLE_SHAPES = [
+    # (B, M, N, Dq, Dv, H, key_dim, extra MHA kwargs); Dq != Dv uses the projected fallback.
+    (2, 5, 7, 6, 6, 3, 8, {}),
+    (1, 9, 4, 3, 5, 2, 4, {"value_dim": 6}),
+    (3, 4, 11, 8, 8, 1, 5, {"output_shape": 7}),
+]
+
+
+@pytest.mark.parametrize("shape", ORACLE_SHAPES, ids=lambda s: "x".join(map(str, s[:7])))
+@pytest.mark.parametrize("sparse_query", [True, False], ids=["sparse", "dense"])
+@pytest.mark.parametrize("masks", ["none", "value", "causal", "attention"])
+def test_oracle_matches_keras_mha_when_every_key_is_selected(shape, sparse_query, masks):
+    batch, queries, keys, query_dim, value_dim, heads, key_dim, kwargs = shape
+    rng = np.random.default_rng(hash((shape[:7], sparse_query, masks)) % 2**32)
+    query, value = random_case(rng, batch, queries, keys, query_dim, value_dim)
+    mha = keras.layers.MultiHeadAttention(heads, key_dim, **kwargs)
+    mha(query, value)
+    layer = SparseDenseMultiHeadAttention(heads, key_dim, keys + 3, selector="ann", **kwargs)
+    layer(tf.sparse.from_dense(query), value)
+    layer.set_weights(mha.get_weights())
+    call = {}
+    if masks == "value":
+        call["value_mask"] = rng.random((batch, keys)) < 0.6
+        call["value_mask"][:, 0] = True
+    elif masks == "causal":
+        call["use_causal_mask"] = True
+    elif masks == "attention":
+        call["attention_mask"] = rng.random((batch, queries, keys)) < 0.6
+        call["attention_mask"][..., 0] = True
+    layer_query = tf.sparse.from_dense(query) if sparse_query else query
+    np.testing.assert_allclose(layer(layer_query, value, **call).numpy(), mha(query, value, **call).numpy(),
+                               atol=1e-5)
+
+
+# ---- recall on Config P -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("num_keys,selector", [
+    (16_384, {}),  # the defaults: IVF-Flat, nlist = 512, nprobe = 8
+    (4_096, {"exact_threshold": 0}),  # IVF forced at a small N (nlist = 256)
+    (4_096, {"exact_threshold": 0, "storage": "sq8"}),  # 8-bit codes, exact re-scoring
+    (4_096, {"exact_threshold": 0, "index_type": "hnsw"}),
+], ids=["ivf-default-16k", "ivf-4k", "ivf-sq8-4k", "hnsw-4k"])
+def test_recall_against_exact_cosine_on_config_p(num_keys, selector):
+    query, value, example = config_p_case(num_keys, num_queries=48)
+    layer = SparseDenseMultiHeadAttention(8, 32, 32, selector={"name": "ann", **selector})
+    _, _, indices = layer(example.to_sparse_tensor(), value, return_attention_scores=True)
+    indices = indices.numpy()
+    np.testing.assert_array_equal(indices, np.broadcast_to(indices[:, :1], indices.shape))  # shared by heads
+    assert recall(indices[:, :1], exact_cosine_top_k(query, value, 32)) >= 0.9
+    assert len(layer.selector._index_cache) == 2  # one index per batch item
+
+
+def test_exact_mode_equals_the_numpy_cosine_top_k_in_order():
+    rng = np.random.default_rng(1)
+    query, value = random_case(rng, 2, 6, 40, 5, 5)
+    layer = SparseDenseMultiHeadAttention(2, 4, 4, selector="ann")  # N = 40 <= exact_threshold
+    _, _, indices = layer(tf.sparse.from_dense(query), value, return_attention_scores=True)
+    np.testing.assert_array_equal(indices.numpy()[:, :1], exact_cosine_top_k(query, value, 4))
+
+
+def test_inner_product_metric_ranks_by_raw_dot_product():
+    rng = np.random.default_rng(2)
+    query, value = random_case(rng, 2, 5, 30, 4, 4)
+    value *= rng.uniform(0.1, 3.0, size=(2, 30, 1)).astype("float32")  # norms now matter
+    layer = SparseDenseMultiHeadAttention(1, 4, 3, selector={"name": "ann", "metric": "ip"})
+    _, _, indices = layer(tf.sparse.from_dense(query), value, return_attention_scores=True)
+    dots = np.einsum("bmd,bnd->bmn", query, value)[:, None]
+    np.testing.assert_array_equal(indices.numpy(), reference.exact_top_k(dots, 3))
+
+
+# ---- masks --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["exact", "ivf", "hnsw"])
+@pytest.mark.parametrize("seed", range(4))
+def test_masks_are_honoured_and_slots_fill_up(mode, seed):
+    rng = np.random.default_rng(seed)
+    batch, queries, keys, top_k = 2, 24, 600, 8
+    query, value = random_case(rng, batch, queries, keys, 6, 6, density=0.6)
+    selector = {"name": "ann"}
+    if mode != "exact":
+        selector.update(exact_threshold=0, index_type=mode, nlist=16, nprobe=2, ef_search=8)  # a weak index
+    layer = SparseDenseMultiHeadAttention(2, 4, top_k, selector=selector)
+    value_mask = rng.random((batch, keys)) < 0.7
+    query_mask = rng.random((batch, queries)) < 0.8
+    attention_mask = rng.random((batch, queries, keys)) < rng.choice([0.01, 0.5, 1.0])
+    causal = bool(seed % 2)
+    _, scores, indices = layer(tf.sparse.from_dense(query), value, value_mask=value_mask, query_mask=query_mask,
+                               attention_mask=attention_mask, use_causal_mask=causal,
+                               return_attention_scores=True)
+    allowed = reference.combined_mask(batch, queries, keys, query_mask=query_mask, key_mask=value_mask,
+                                      attention_mask=attention_mask, use_causal_mask=causal)
+    indices = indices.numpy()
+    picked = indices >= 0
+    allowed_by_head = np.broadcast_to(allowed, (batch, 2, queries, keys))
+    assert np.take_along_axis(allowed_by_head, np.where(picked, indices, 0), -1)[picked].all()
+    # Every slot that some allowed key could fill is filled, and no key comes twice.
+    np.testing.assert_array_equal(picked.sum(-1), np.minimum(allowed_by_head.sum(-1), top_k))
+    for row in indices.reshape(-1, top_k):  # [B·H·M, k]
+        assert len(set(row[row >= 0])) == (row >= 0).sum()
+    assert (indices[0][:, ~query_mask[0]] == -1).all()
+    exact = exact_cosine_top_k(query, value, top_k, allowed=allowed)
+    if mode == "exact":
+        np.testing.assert_array_equal(indices[:, :1], exact)
+    else:
+        assert recall(indices[:, :1], exact) >= 0.5  # a weak index on unstructured keys, still useful
+
+
+def test_per_head_attention_mask_gives_a_per_head_selection():
+    rng = np.random.default_rng(3)
+    query, value = random_case(rng, 1, 4, 9, 5, 5)
+    per_head = rng.random((1, 3, 4, 9)) < 0.5
+    layer = SparseDenseMultiHeadAttention(3, 4, 3, selector="ann")
+    _, _, indices = layer(tf.sparse.from_dense(query), value, attention_mask=per_head,
+                          return_attention_scores=True)
+    expected = exact_cosine_top_k(query, value, 3, allowed=per_head)  # [B, H, M, k]
+    np.testing.assert_array_equal(indices.numpy(), expected)
+
+
+def test_search_numpy_without_the_layer():
+    rng = np.random.default_rng(4)
+    query, value = random_case(rng, 2, 3, 20, 4, 4)
+    selected = AnnSelector().search_numpy(query, value, 25, key_mask=np.tile(np.arange(20) < 15, (2, 1)))
+    assert selected.shape == (2, 1, 3, 25) and selected.dtype == np.int32
+    assert ((selected[..., :15] >= 0) & (selected[..., :15] < 15)).all()
+    assert (selected[..., 15:] == -1).all()
+
+
+# ---- the index cache ------------------------------------------------------------------------------
+
+def test_index_is_built_once_per_key_set_and_the_cache_is_bounded():
+    _, value, example = config_p_case(2_048, num_queries=8)
+    selector = AnnSelector(exact_threshold=0, cache_size=2)
+    assert selector.index_keys(value) > 0
+    assert selector.index_keys(value) == 0.0  # cached by content
+    assert selector.index_keys(value.copy()) == 0.0  # same content, another buffer
+    layer = SparseDenseMultiHeadAttention(2, 8, 4, selector=selector)
+    layer(example.to_sparse_tensor(), value)
+    assert len(selector._index_cache) == 2
+    changed = value.copy()
+    changed[0, 5, 3] += 1.0
+    assert selector.index_keys(changed) > 0  # item 0 changed; item 1 is still cached
+    assert len(selector._index_cache) == 2  # the least recently used entry was dropped
+    selector.clear_cache()
+    assert len(selector._index_cache) == 0
+
+
+# ---- TF integration ---------------------------------------------------------------------------------
+
+def test_tf_function_with_unknown_lengths_matches_eager():
+    rng = np.random.default_rng(5)
+    layer = SparseDenseMultiHeadAttention(2, 4, 5, selector={"name": "ann", "exact_threshold": 4})
+    signature = [tf.SparseTensorSpec([None, None, 6], tf.float32), tf.TensorSpec([None, None, 6]),
+                 tf.TensorSpec([None, None], tf.bool)]
+    compiled = tf.function(lambda q, v, m: layer(q, v, value_mask=m, return_attention_scores=True),
+                           input_signature=signature)
+    for keys in (3, 40):  # fewer and more keys than top_k
+        query, value = random_case(rng, 2, 4, keys, 6, 6)
+        value_mask = rng.random((2, keys)) < 0.8
+        sparse_query = tf.sparse.from_dense(query)
+        graph_out, _, graph_indices = compiled(sparse_query, value, value_mask)
+        eager_out, _, eager_indices = layer(sparse_query, value, value_mask=value_mask, return_attention_scores=True)
+        np.testing.assert_allclose(graph_out.numpy(), eager_out.numpy(), atol=1e-6)
+        np.testing.assert_array_equal(graph_indices.numpy()[..., : min(5, keys)], eager_indices.numpy())
+
+
+def test_gradients_reach_every_kernel():
+    rng = np.random.default_rng(6)
+    query, value = random_case(rng, 2, 4, 30, 5, 5)
+    layer = SparseDenseMultiHeadAttention(2, 4, 6, selector="ann")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(tf.sparse.from_dense(query), value) ** 2)
+    gradients = tape.gradient(loss, layer.trainable_weights)
+    assert len(gradients) == 8
+    assert all(g is not None and np.isfinite(g.numpy()).all() for g in gradients)
+
+
+def test_keras_save_and_load_round_trip(tmp_path):
+    rng = np.random.default_rng(7)
+    query, value = random_case(rng, 2, 4, 60, 5, 5)
+    chosen = {"name": "ann", "metric": "ip", "nprobe": 2, "nlist": 4, "exact_threshold": 10}
+    query_input = keras.Input(shape=(4, 5), sparse=True)
+    value_input = keras.Input(shape=(60, 5))
+    layer = SparseDenseMultiHeadAttention(2, 4, 3, selector=chosen, name="sdattn")
+    model = keras.Model([query_input, value_input], layer(query_input, value_input))
+    inputs = [tf.sparse.from_dense(query), tf.constant(value)]
+    before = model(inputs).numpy()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    np.testing.assert_array_equal(restored(inputs).numpy(), before)
+    restored_selector = restored.get_layer("sdattn").selector
+    assert type(restored_selector) is AnnSelector
+    assert restored_selector.get_config() == layer.selector.get_config()
+
+
+def test_get_config_keys_are_the_constructor_arguments():
+    selector = AnnSelector(nprobe=3, index_type="hnsw")
+    own_keys = set(selector.get_config()) - set(keras.layers.Layer().get_config())
+    parameters = set(inspect.signature(AnnSelector.__init__).parameters) - {"self", "kwargs"}
+    assert own_keys - {"block_size"} == parameters
+    assert AnnSelector.from_config(selector.get_config()).get_config() == selector.get_config()
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"metric": "l2"}, r"`metric`.*'cosine', 'ip'.*metric='l2'"),
+    ({"index_type": "lsh"}, r"`index_type`.*index_type='lsh'"),
+    ({"nprobe": 0}, r"`nprobe`.*nprobe=0"),
+    ({"nlist": 2.5}, r"`nlist`.*nlist=2.5"),
+    ({"storage": "pq"}, r"`storage`.*storage='pq'"),
+    ({"oversample": 0.5}, r"`oversample`.*oversample=0.5"),
+    ({"cache_size": 0}, r"`cache_size`.*cache_size=0"),
+])
+def test_errors_name_the_argument_and_value(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        SparseDenseMultiHeadAttention(2, 4, 3, selector={"name": "ann", **kwargs})

@@ -1,0 +1,82 @@
+"""Smoke test of the benchmark harness at toy sizes (not a timed test): records, ratios, recall,
+"not run" rows, the JSON and Markdown outputs, and the CLI's argument checks."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from sdattn import bench
+
+TOY = ["--queries", "8", "--dim", "16", "--heads", "2", "--key-dim", "4", "--top-k", "4",
+       "--isolate", "none", "--repeats", "5"]
+
+
+def test_toy_run_writes_json_and_markdown(tmp_path):
+    json_path, markdown_path = tmp_path / "out" / "results.json", tmp_path / "results.md"
+    records = bench.main(["--sizes", "64,128", "--selectors", "cosine,ann,dot,window", *TOY,
+                          "--json", str(json_path), "--markdown", str(markdown_path)])
+    methods = {"floor", "mha", "naive", "cosine", "ann", "dot", "window"}
+    assert {(r["num_keys"], r["method"]) for r in records} == {(n, m) for n in (64, 128) for m in methods}
+    assert all(r["status"] == "ok" for r in records)
+    by_method = {(r["num_keys"], r["method"]): r for r in records}
+    for size in (64, 128):
+        mha, ann = by_method[(size, "mha")], by_method[(size, "ann")]
+        assert len(ann["times_ms"]) == 5 and ann["median_ms"] == np.median(ann["times_ms"])
+        assert ann["speedup_vs_mha"] == pytest.approx(mha["median_ms"] / ann["median_ms"])
+        assert by_method[(size, "floor")]["floor_multiple"] == pytest.approx(1.0)
+        assert ann["recall"] == pytest.approx(1.0)  # exact search at this N
+        assert by_method[(size, "cosine")]["recall"] == 1.0
+        assert by_method[(size, "dot")]["recall"] is None  # per head: no shared selection to compare
+        assert ann["build_s"] is not None and by_method[(size, "cosine")]["build_s"] is None
+        assert all(r["peak_rss_mb"] > 0 for r in records)
+    saved = json.loads(json_path.read_text())
+    assert saved["environment"]["repeats"] == 5 and len(saved["records"]) == len(records)
+    table = markdown_path.read_text()
+    assert "| N | M | method |" in table and "sdattn `ann`" in table and "keras MultiHeadAttention" in table
+    assert "python -m sdattn.bench --sizes 64,128" in table
+
+
+def test_dense_baselines_too_large_are_reported_not_run(tmp_path):
+    records = bench.main(["--sizes", "64", "--selectors", "window", *TOY, "--dense-limit-gb", "1e-9"])
+    skipped = {r["method"]: r for r in records if r["status"] == "not run"}
+    assert set(skipped) == {"mha", "naive"}
+    assert skipped["mha"]["note"].startswith("not run (score tensor would be")
+    window = next(r for r in records if r["method"] == "window")
+    assert window["speedup_vs_mha"] is None and window["floor_multiple"] is not None
+
+
+def test_large_sizes_run_only_cosine_and_ann():
+    cfg = bench.config(1_048_576)
+    assert cfg["num_queries"] == 1_024
+    run, skipped = bench.methods_for(cfg, ["dot", "ann", "cosine", "window"], dense_limit_gb=16)
+    assert run == ["floor", "cosine", "ann"]
+    reasons = dict(skipped)
+    assert set(reasons) == {"mha", "naive", "dot", "window"}
+    assert reasons["mha"] == "not run (score tensor would be 64.0 GB)"
+
+
+def test_exact_cosine_reference_and_recall():
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(2, 5, 8)).astype("float32")
+    keys = rng.normal(size=(2, 50, 8)).astype("float32")
+    exact = bench.exact_cosine_indices(query, keys, 3, block=7)
+    unit_query = query / np.linalg.norm(query, axis=-1, keepdims=True)
+    unit_keys = keys / np.linalg.norm(keys, axis=-1, keepdims=True)
+    expected = np.argsort(-np.einsum("bmd,bnd->bmn", unit_query, unit_keys), axis=-1)[..., :3]
+    np.testing.assert_array_equal(np.sort(exact, -1), np.sort(expected, -1))
+    assert bench.recall_at_k(exact[..., ::-1], expected) == 1.0
+    half = np.where(np.arange(3) < 1, expected, -1)
+    assert bench.recall_at_k(half, expected) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--repeats", "3"], r"--repeats.*at least 5.*--repeats=3"),
+    (["--sizes", "4k"], r"--sizes.*'4k'"),
+    (["--sizes", "0"], r"--sizes.*positive"),
+])
+def test_cli_errors_name_the_argument(argv, pattern, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    assert re.search(pattern, capsys.readouterr().err)

@@ -1,0 +1,149 @@
+"""Scale-out test: the layer trains under `tf.distribute.MirroredStrategy` on 2 logical CPU devices
+with the same losses and weights as on one device (run in a subprocess: devices are fixed at TF start)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SELECTORS = ["dot", "cosine", "ann"]
+
+# Logical devices must be configured before TensorFlow initialises its runtime, which this
+# pytest process has already done; a fresh interpreter runs the comparison and prints JSON.
+SCRIPT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+import keras
+import sdattn
+import sdattn.ann  # registers "ann"
+from sdattn.layer import SparseDenseMultiHeadAttention
+
+BATCH, QUERIES, KEYS, DIM, STEPS = 8, 5, 12, 6, 6
+rng = np.random.default_rng(0)
+query = rng.normal(size=(BATCH, QUERIES, DIM)).astype("float32")
+query[rng.random(query.shape) > 0.5] = 0.0
+query[:, :, 0] += 0.5
+value = rng.normal(size=(BATCH, KEYS, DIM)).astype("float32")
+target = rng.normal(size=(BATCH, QUERIES, 3)).astype("float32")
+sparse_query = tf.sparse.from_dense(query)
+value, target = tf.constant(value), tf.constant(target)
+
+
+def make_model(selector, initial=None, sparse=True):
+    query_input = keras.Input(shape=(QUERIES, DIM), sparse=sparse)
+    value_input = keras.Input(shape=(KEYS, DIM))
+    layer = SparseDenseMultiHeadAttention(2, 4, 5, selector=selector, output_shape=3)
+    model = keras.Model([query_input, value_input], layer(query_input, value_input))
+    if initial is not None:
+        model.set_weights(initial)
+    return model
+
+
+def batches():
+    # Global batches of 4, in order: both runs see the same data.
+    for start in range(0, BATCH, 4):
+        yield (tf.sparse.slice(sparse_query, [start, 0, 0], [4, QUERIES, DIM]),
+               value[start:start + 4], target[start:start + 4])
+
+
+def train_custom_loop(selector, initial, strategy):
+    # A custom loop: the canonical tf.distribute pattern, with the sparse query.
+    with strategy.scope():
+        model = make_model(selector, initial)
+        optimizer = keras.optimizers.SGD(0.1)
+
+    def replica_step(query_batch, value_batch, target_batch):
+        with tf.GradientTape() as tape:
+            prediction = model([query_batch, value_batch], training=True)
+            per_example = tf.reduce_mean(tf.square(prediction - target_batch), axis=[1, 2])
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=4)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))  # all-reduces (sum)
+        return loss
+
+    @tf.function
+    def step(query_batch, value_batch, target_batch):
+        per_replica = strategy.run(replica_step, args=(query_batch, value_batch, target_batch))
+        return strategy.reduce("SUM", per_replica, axis=None)
+
+    losses = []
+    for _ in range(STEPS // 2):
+        for query_batch, value_batch, target_batch in batches():
+            replicas = strategy.num_replicas_in_sync
+            per_replica = 4 // replicas
+            # Replica r gets examples [r·2, r·2 + 2) of the global batch.
+            inputs = strategy.experimental_distribute_values_from_function(
+                lambda context: (
+                    tf.sparse.slice(query_batch, [context.replica_id_in_sync_group * per_replica, 0, 0],
+                                    [per_replica, QUERIES, DIM]),
+                    value_batch[context.replica_id_in_sync_group * per_replica:][:per_replica],
+                    target_batch[context.replica_id_in_sync_group * per_replica:][:per_replica]))
+            losses.append(float(step(*inputs)))
+    return model, losses
+
+
+def train_fit(selector, initial, strategy):
+    # Keras `fit`, with a dense query: Keras 3.15's distributed fit cannot take SparseTensor
+    # batches (its symbolic build reduces the first batch with MEAN, which fails on one).
+    with strategy.scope():
+        model = make_model(selector, initial, sparse=False)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    data = tf.data.Dataset.from_tensor_slices(((query, value), target)).batch(4).repeat()
+    history = model.fit(data, steps_per_epoch=2, epochs=STEPS // 2, verbose=0, shuffle=False)
+    return model, history.history["loss"]
+
+
+def largest_difference(first, second):
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(first, second))
+
+
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+results = {}
+for selector in sys.argv[1].split(","):
+    initial = make_model(selector).get_weights()
+    for name, train in (("loop", train_custom_loop), ("fit", train_fit)):
+        single, single_loss = train(selector, initial, one_device)
+        distributed, mirrored_loss = train(selector, initial, mirrored)
+        results[f"{selector}/{name}"] = {
+            "replicas": mirrored.num_replicas_in_sync,
+            "single_loss": single_loss,
+            "mirrored_loss": mirrored_loss,
+            "max_weight_difference": largest_difference(single.get_weights(), distributed.get_weights()),
+            "least_weight_change": min(float(np.max(np.abs(a - b))) for a, b in zip(initial, single.get_weights())),
+        }
+print("RESULTS " + json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def distributed_results():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run([sys.executable, "-c", SCRIPT, ",".join(SELECTORS)], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=600)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert completed.returncode == 0 and lines, completed.stderr[-4000:]
+    return json.loads(lines[-1][len("RESULTS "):])
+
+
+@pytest.mark.parametrize("loop", ["loop", "fit"], ids=["custom-loop-sparse", "fit-dense"])
+@pytest.mark.parametrize("selector", SELECTORS)
+def test_mirrored_strategy_trains_like_one_device(distributed_results, selector, loop):
+    result = distributed_results[f"{selector}/{loop}"]
+    assert result["replicas"] == 2
+    assert result["least_weight_change"] > 0  # every weight array was trained
+    assert len(result["mirrored_loss"]) == len(result["single_loss"]) >= 3
+    for mirrored, single in zip(result["mirrored_loss"], result["single_loss"]):
+        assert abs(mirrored - single) <= 1e-5 * max(1.0, abs(single))
+    assert result["max_weight_difference"] < 1e-5
