@@ -1,11 +1,13 @@
-"""sdattn app entrypoint: page config, navigation over pages/, and the TensorFlow device line.
-Run with `make run` (or `streamlit run app.py`); each page lives in its own file under pages/."""
+"""sdattn app entrypoint: page config, navigation over app_pages/, URL state, device, export format.
+Run with `make run` (or `streamlit run app.py`); each page lives in its own file under app_pages/."""
 
 from pathlib import Path
 
 import streamlit as st
 
+from ui import url_state
 from ui.runner import tensorflow_device
+from ui.widgets import image_format_control
 
 ROOT = Path(__file__).parent
 
@@ -15,7 +17,8 @@ st.set_page_config(
     layout="wide",
 )
 
-# Pages appear as their files land in pages/ (compare, performance, learn come later).
+# The folder is not named `pages/`: with that name Streamlit serves a first request for /compare
+# from its older multipage mode, skipping this entrypoint (streamlit#9624, #10276).
 PAGES = [
     ("playground.py", "Playground", ":material/grid_on:"),
     ("compare.py", "Compare selectors", ":material/compare:"),
@@ -23,9 +26,11 @@ PAGES = [
     ("learn.py", "Learn", ":material/school:"),
 ]
 page = st.navigation([
-    st.Page(ROOT / "pages" / file, title=title, icon=icon, default=file == "playground.py")
+    st.Page(ROOT / "app_pages" / file, title=title, icon=icon, default=file == "playground.py")
     for file, title, icon in PAGES
-    if (ROOT / "pages" / file).exists()
 ])
+url_state.restore()  # every page: the URL seeds its widgets, settings carry across pages
 st.sidebar.caption(f"TensorFlow device: **{tensorflow_device()}**")
+with st.sidebar:
+    image_format_control()  # PNG or SVG for every figure's camera button, on every page
 page.run()

@@ -17,6 +17,7 @@ import tensorflow as tf
 # hashing, hybrid and learned are imported so that their selectors are registered by name.
 from sdattn import hashing, hybrid, learned, metrics, reference  # noqa: F401
 from sdattn import selection as selection_lib
+from sdattn import weights as weights_lib
 from sdattn.layer import SparseDenseMultiHeadAttention
 
 # A float32 layer and float64 logits disagree in about the 7th digit, so keys within this of the
@@ -126,8 +127,9 @@ def _positive_int(name, value):
 def attention_weights(example, num_heads, key_dim, seed=0, value_dim=None):
     """Seeded attention weights for an example, in `keras.layers.MultiHeadAttention` order.
 
-    Glorot-uniform kernels drawn from one NumPy generator (so the query, key and value kernels
-    differ, unlike several Keras initializers cloned from one seed), zero biases.
+    Glorot-uniform kernels and zero biases: `sdattn.weights.random_weights`, kept here because
+    the comparison functions default to it. Pass `weights=sdattn.weights.aligned_weights(...)`
+    for logits that follow the raw query–key similarity.
 
     Args:
         example: an `sdattn.inputs.Example` (fixes Dq and D).
@@ -141,23 +143,7 @@ def attention_weights(example, num_heads, key_dim, seed=0, value_dim=None):
         kernel `[D, H, key_dim]`, key bias, value kernel `[D, H, value_dim]`, value bias, output
         kernel `[H, value_dim, Dq]`, output bias `[Dq]`.
     """
-    num_heads = _positive_int("num_heads", num_heads)
-    key_dim = _positive_int("key_dim", key_dim)
-    value_dim = key_dim if value_dim is None else _positive_int("value_dim", value_dim)
-    rng = np.random.default_rng(seed)
-
-    def glorot(fan_in, shape):
-        fan_out = int(np.prod(shape)) // fan_in
-        limit = math.sqrt(6.0 / (fan_in + fan_out))
-        return rng.uniform(-limit, limit, size=shape).astype(np.float32)
-
-    query_dim, model_dim = example.query_dim, example.value_dim
-    return [
-        glorot(query_dim, (query_dim, num_heads, key_dim)), np.zeros((num_heads, key_dim), np.float32),
-        glorot(model_dim, (model_dim, num_heads, key_dim)), np.zeros((num_heads, key_dim), np.float32),
-        glorot(model_dim, (model_dim, num_heads, value_dim)), np.zeros((num_heads, value_dim), np.float32),
-        glorot(num_heads * value_dim, (num_heads, value_dim, query_dim)), np.zeros((query_dim,), np.float32),
-    ]
+    return weights_lib.random_weights(example, num_heads, key_dim, seed=seed, value_dim=value_dim)
 
 
 def dense_reference(example, weights):

@@ -44,15 +44,11 @@ def _wait_until_healthy(url: str, process: subprocess.Popen, log_path: pathlib.P
                        f"{log_path.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
-    """Base URL of `streamlit run app.py` on a free port, stopped after the session.
-
-    Pages are at `f"{app_url}/{url_path}"` (e.g. `/compare` for pages/compare.py); the default
-    page is at `app_url` itself.
-    """
+@contextlib.contextmanager
+def _serve_app(log_dir: pathlib.Path):
+    """Runs `streamlit run app.py` on a free port until the block exits; yields its base URL."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
+    log_path = log_dir / "server.log"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
@@ -73,6 +69,24 @@ def app_url(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """Base URL of `streamlit run app.py` on a free port, stopped after the session.
+
+    Pages are at `f"{app_url}/{url_path}"` (e.g. `/compare` for app_pages/compare.py); the default
+    page is at `app_url` itself.
+    """
+    with _serve_app(tmp_path_factory.mktemp("streamlit")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def fresh_app_url(tmp_path_factory):
+    """Like `app_url`, but a server no browser has visited yet: for first-request deep links."""
+    with _serve_app(tmp_path_factory.mktemp("streamlit_fresh")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from sdattn import figures, inputs, reference
+from sdattn import weights as weights_lib
 from ui import detail, export, params, runner
 
 APP = pathlib.Path(__file__).resolve().parents[1] / "app.py"
@@ -37,11 +38,16 @@ def heatmap_grids(at):
     return np.stack([np.asarray(t["z"], float) for t in spec["data"] if t["type"] == "heatmap"])
 
 
-def reference_logits(kind, settings, item=0, **gen_params):
-    """The exact scores `[H, M, N]` of the app's default example, from `sdattn.reference`."""
-    example = inputs.generate_inputs(kind, seed=0, **gen_params).item(item)
-    weights = runner.attention_weights(
-        example.query_dim, example.value_dim, settings["heads"], settings["key_dim"], 0)
+def reference_logits(kind, settings, item=0, weights_kind=params.DEFAULT_WEIGHTS, **gen_params):
+    """The exact scores `[H, M, N]` of the app's default example, from `sdattn.reference`.
+
+    The weights are drawn from the whole example (aligned ones calibrate on batch item 0), as
+    the app draws them, by the library function the Weights control names.
+    """
+    full = inputs.generate_inputs(kind, seed=0, **gen_params)
+    example = full.item(item)
+    drawn = {"aligned": weights_lib.aligned_weights, "random": weights_lib.random_weights}
+    weights = drawn[weights_kind](full, settings["heads"], settings["key_dim"], seed=0)
     mask = reference.combined_mask(1, example.num_queries, example.num_keys,
                                    example.query_mask, example.value_mask)
     _, _, logits = reference.dense_attention(example.dense_query(), example.value, weights,
@@ -70,7 +76,8 @@ def test_app_opens_the_playground_with_device_line_and_both_views(app):
     assert any("TensorFlow device:" in c.value for c in app.sidebar.caption)
     keys = [c.key for c in app.get("plotly_chart")]
     assert keys == ["selection_view", "head_heatmaps", "detail_ranked"]
-    assert [b.key for b in app.get("download_button")] == ["download_csv", "download_npz"]
+    assert [b.key for b in app.get("download_button")] == [
+        "download_csv", "download_npz", "download_bundle"]
     assert not app.error
 
 
@@ -102,6 +109,24 @@ def test_default_view_is_exact_dot_top_k_with_reference_weights(app):
 
 
 # ----------------------------------------------------------------------------- controls
+
+
+def test_default_aligned_weights_are_peaked_and_random_ones_nearly_uniform(app):
+    settings = {"heads": params.DEFAULT_HEADS, "key_dim": params.DEFAULT_KEY_DIM}
+    k = params.DEFAULT_TOP_K
+    aligned = heatmap_grids(app)
+    # Aligned scores spread by about 2, so the best of the k selected keys takes clearly more
+    # than its uniform share 1/k (random weights stay within a few percent of it).
+    assert np.nanmean(np.nanmax(aligned, axis=-1)) > 1.3 / k
+    assert not any("close to uniform" in c.value for c in app.caption)
+
+    app.radio(key=params.WEIGHTS).set_value("random").run()
+    assert not app.exception
+    _, logits, valid = reference_logits(params.DEFAULT_KIND, settings, weights_kind="random")
+    grid = heatmap_grids(app)
+    assert_weights_match_reference(grid, logits, valid)
+    assert np.nanmax(np.abs(grid - 1 / k)) < 0.05  # Glorot scores are tiny: nearly uniform
+    assert any("close to uniform" in c.value for c in app.caption)
 
 
 def test_changing_k_redraws_m_times_k_cells_per_head(app):

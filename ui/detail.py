@@ -3,12 +3,14 @@ Row selections and clicks only write the `query` key, so picker, detail and URL 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from sdattn import figures
-from ui import params
+from ui import params, url_state
 from ui.runner import RunResult
 from ui.widgets import clamp, default, show_figure
 
@@ -16,13 +18,20 @@ from ui.widgets import clamp, default, show_figure
 MAX_RANKED_BARS = 256
 
 
-def select_from_table(table_key: str):
-    """Returns an `on_select` callback for `st.dataframe`: the selected row becomes the query."""
+def select_from_table(table_key: str, row_queries: Sequence[int] | None = None):
+    """Returns an `on_select` callback for `st.dataframe`: the selected row's query is chosen.
+
+    Args:
+        table_key: the dataframe's key.
+        row_queries: the query shown in each row, for a table sorted or cut (the worst
+            queries); None when row i is query i.
+    """
 
     def callback() -> None:
         rows = st.session_state[table_key]["selection"]["rows"]
         if rows:
-            st.session_state[params.QUERY] = int(rows[0])
+            row = int(rows[0])
+            st.session_state[params.QUERY] = int(row if row_queries is None else row_queries[row])
 
     return callback
 
@@ -89,11 +98,13 @@ def query_picker(example) -> int:
     labels = figures.axis_labels(example.query_labels, example.num_queries, "q")
     default(params.QUERY, 0)
     clamp(params.QUERY, 0, example.num_queries - 1)
-    return int(st.selectbox(
+    query = int(st.selectbox(
         "Query", range(example.num_queries), key=params.QUERY,
         format_func=lambda m: f"{m}: {labels[m]}",
         help="Or select a row in the table, or click a point in the selection view.",
     ))
+    url_state.publish("query", {params.QUERY: query})
+    return query
 
 
 def selected_keys_frame(result: RunResult, query: int, key_labels: list[str]) -> pd.DataFrame:

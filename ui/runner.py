@@ -13,7 +13,9 @@ import numpy as np
 import streamlit as st
 
 import sdattn
-from sdattn import inputs, reference, selection
+from sdattn import comparison, inputs, reference, selection
+from sdattn import weights as weights_lib
+from ui import params
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,9 @@ class ModelSettings:
     top_k: int
     num_heads: int
     key_dim: int
-    selector: str
+    selector: str  # "" on pages that choose several selectors themselves (compare)
     seed: int
+    weights: str = params.DEFAULT_WEIGHTS  # a `sdattn.weights.WEIGHT_KINDS` name
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,29 +122,17 @@ def read_upload(uploaded) -> tuple[inputs.Example | None, InputSpec | None, str 
 # ----------------------------------------------------------------------------- layers
 
 
-def attention_weights(query_dim: int, value_dim: int, num_heads: int, key_dim: int,
-                      seed: int) -> list[np.ndarray]:
-    """Seeded Glorot-uniform weights in `keras.layers.MultiHeadAttention` order.
+@st.cache_data(max_entries=64, show_spinner=False)
+def layer_weights(spec: InputSpec, settings: ModelSettings,
+                  _example: inputs.Example) -> list[np.ndarray]:
+    """The 8 MHA-ordered attention weights of a run: `sdattn.weights.make_weights`.
 
-    Drawn here rather than by the layer's initializer so that changing k or the selector keeps
-    the very same weights: the views then differ only by what the setting changes.
+    Drawn from the whole example (aligned weights calibrate on batch item 0), so every batch
+    item, k and selector sees the very same weights and the views differ only by the setting
+    that changed. `spec` identifies `_example`.
     """
-    rng = np.random.default_rng(seed)
-
-    def glorot(fan_in, fan_out, shape):
-        limit = np.sqrt(6.0 / (fan_in + fan_out))
-        return rng.uniform(-limit, limit, size=shape).astype(np.float32)
-
-    return [
-        glorot(query_dim, num_heads * key_dim, (query_dim, num_heads, key_dim)),  # query kernel
-        np.zeros((num_heads, key_dim), np.float32),
-        glorot(value_dim, num_heads * key_dim, (value_dim, num_heads, key_dim)),  # key kernel
-        np.zeros((num_heads, key_dim), np.float32),
-        glorot(value_dim, num_heads * key_dim, (value_dim, num_heads, key_dim)),  # value kernel
-        np.zeros((num_heads, key_dim), np.float32),
-        glorot(num_heads * key_dim, query_dim, (num_heads, key_dim, query_dim)),  # output kernel
-        np.zeros((query_dim,), np.float32),
-    ]
+    return weights_lib.make_weights(
+        settings.weights, _example, settings.num_heads, settings.key_dim, seed=settings.seed)
 
 
 def selector_config(name: str, seed: int) -> str | dict:
@@ -153,8 +144,8 @@ def selector_config(name: str, seed: int) -> str | dict:
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
-def get_layer(settings: ModelSettings, query_dim: int, value_dim: int):
-    """A built `SparseDenseMultiHeadAttention` holding `attention_weights(...)`, shared by all."""
+def get_layer(spec: InputSpec, settings: ModelSettings, _example: inputs.Example):
+    """A built `SparseDenseMultiHeadAttention` holding `layer_weights(...)`, shared by all."""
     layer = sdattn.SparseDenseMultiHeadAttention(
         num_heads=settings.num_heads,
         key_dim=settings.key_dim,
@@ -162,10 +153,9 @@ def get_layer(settings: ModelSettings, query_dim: int, value_dim: int):
         selector=selector_config(settings.selector, settings.seed),
         seed=settings.seed,
     )
-    layer.build((None, None, query_dim), (None, None, value_dim))
+    layer.build((None, None, _example.query_dim), (None, None, _example.value_dim))
     weights = layer.get_weights()
-    weights[:8] = attention_weights(
-        query_dim, value_dim, settings.num_heads, settings.key_dim, settings.seed)
+    weights[:8] = layer_weights(spec, settings, _example)
     layer.set_weights(weights)
     return layer
 
@@ -182,7 +172,7 @@ def run_layer(spec: InputSpec, item: int, settings: ModelSettings,
     more than the run itself at default sizes).
     """
     single = _example.item(item)  # B = 1
-    layer = get_layer(settings, single.query_dim, single.value_dim)
+    layer = get_layer(spec, settings, _example)
     started = time.perf_counter()
     output, scores, indices = layer(
         single.to_sparse_tensor(),
@@ -221,10 +211,69 @@ def query_logits(spec: InputSpec, item: int, settings: ModelSettings, query: int
     """
     single = _example.item(item)
     dense_query = single.dense_query()[:, query : query + 1]  # [1, 1, Dq]
-    weights = attention_weights(
-        single.query_dim, single.value_dim, settings.num_heads, settings.key_dim, settings.seed)
+    weights = layer_weights(spec, settings, _example)
     _, _, logits = reference.dense_attention(dense_query, single.value, weights)
     return logits[0, :, 0, :]  # [H, N]
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def compare_runs(spec: InputSpec, item: int, settings: ModelSettings, selectors: tuple[str, ...],
+                 _example: inputs.Example) -> list[comparison.SelectorRun]:
+    """`sdattn.comparison.run_selectors` on batch item `item`, with the run's `layer_weights`.
+
+    Every selector gets the same weights, and seedable ones (`random`, `lsh`) the weight seed,
+    as in the playground; `settings.selector` is not used. `spec` identifies `_example`.
+    """
+    return comparison.run_selectors(
+        _example.item(item), list(selectors), settings.top_k, settings.num_heads,
+        settings.key_dim, seed=settings.seed, weights=layer_weights(spec, settings, _example))
+
+
+def compare_or_explain(spec: InputSpec, item: int, settings: ModelSettings,
+                       selectors: tuple[str, ...], example: inputs.Example,
+                       ) -> tuple[list[comparison.SelectorRun] | None, str | None]:
+    """`compare_runs`, with a refused setting turned into a message for `st.error`."""
+    import tensorflow as tf
+
+    try:
+        return compare_runs(spec, item, settings, selectors, example), None
+    except (ValueError, TypeError, tf.errors.OpError) as error:
+        return None, f"The selectors cannot run with these settings: {error}"
+
+
+def sweep_ks(num_keys: int, top_k: int, max_points: int = 9) -> tuple[int, ...]:
+    """The k values of a k-sweep: powers of two up to N, N itself and the page's k.
+
+    Past `max_points` values every other power of two is dropped (each k reruns every
+    selector), but 1, N and the page's k always stay.
+    """
+    powers = [2**p for p in range(num_keys.bit_length()) if 2**p < num_keys]
+    while len(powers) + 2 > max_points and len(powers) > 2:
+        powers = powers[::2]
+    return tuple(sorted({1, *powers, num_keys, min(top_k, num_keys)}))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def compare_k_sweep(spec: InputSpec, item: int, settings: ModelSettings,
+                    selectors: tuple[str, ...], ks: tuple[int, ...],
+                    _example: inputs.Example):
+    """`sdattn.comparison.k_sweep_table` on batch item `item` with the run's weights."""
+    return comparison.k_sweep_table(
+        _example.item(item), list(selectors), list(ks), settings.num_heads, settings.key_dim,
+        seed=settings.seed, weights=layer_weights(spec, settings, _example))
+
+
+def run_result(run: comparison.SelectorRun) -> RunResult:
+    """Batch item 0 of a `SelectorRun` as the `RunResult` the shared views and detail take."""
+    return RunResult(
+        indices=run.indices[0].astype(np.int32),  # [H, M, k]
+        scores=run.scores[0].astype(np.float32),  # [H, M, k]
+        output=run.output[0],  # [M, Dout]
+        seconds=run.time_ms / 1000,
+    )
 
 
 @st.cache_resource(show_spinner=False)

@@ -118,8 +118,9 @@ def head_heatmaps(example, input_spec: InputSpec, result: RunResult, plan: ViewP
         note = (f"Colour spans the selected weights, {low:.3f} to {high:.3f} "
                 f"(uniform over k keys would be 1/k = {uniform:.3f}).")
         if high - low < 0.2 * uniform:
-            note += (" The projections are freshly initialised (seeded Glorot), so the scores are "
-                     "small and the softmax stays close to uniform.")
+            note += (" The weights are close to uniform: random (Glorot) projections give tiny "
+                     "scores. Choose **Weights: Aligned** for scores that follow query–key "
+                     "similarity.")
         st.caption(note)
 
 

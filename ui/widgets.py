@@ -14,7 +14,7 @@ from streamlit.runtime.scriptrunner import add_script_run_ctx
 
 import sdattn
 from sdattn import inputs, selection
-from ui import generators, params
+from ui import bundle, generators, params, url_state
 from ui.runner import InputSpec, ModelSettings, generated_example, read_upload
 
 # Formats the loader understands, without the dot (st.file_uploader's `type=`).
@@ -44,6 +44,7 @@ def input_panel() -> tuple[inputs.Example | None, InputSpec | None]:
         caches, or `(None, None)` when there is no usable input yet; problems are shown with
         `st.error` and never raised.
     """
+    url_state.restore()  # before any widget: URL (first run) or page-switch values seed them
     default(params.SOURCE, "generate")
     source = st.radio(
         "Input", params.SOURCES, format_func=params.SOURCE_LABELS.get, key=params.SOURCE,
@@ -75,6 +76,12 @@ def _generate_panel():
         "Data seed", min_value=0, max_value=2**31 - 1, step=1, key=params.DATA_SEED,
         help="Same seed, same example.",
     )
+    defaults = {spec.name: spec.default for spec in generators.parameters(kind)}
+    chosen_keys = {params.generator_param_key(kind, name): value for name, value in chosen.items()}
+    url_state.publish("input", {  # generator parameters only where they differ: short URLs
+        params.KIND: kind, params.DATA_SEED: int(data_seed),
+        **{params.generator_param_key(kind, name): value for name, value in chosen.items()
+           if value != defaults[name]}}, carry=chosen_keys)
     input_spec = InputSpec(
         source="generate", kind=kind, params=tuple(sorted(chosen.items())),
         data_seed=int(data_seed),
@@ -94,6 +101,7 @@ def _upload_panel():
              "scipy .npz, Matrix Market .mtx, COO .csv (row,col,value) or dense .npy; "
              "query-only files get seeded Gaussian keys.",
     )
+    url_state.publish("input", {params.SOURCE: "upload"})  # uploaded data never goes in the URL
     if uploaded is None:
         st.info("Upload an input file, or switch to **Generate**.")
         return None, None
@@ -103,6 +111,7 @@ def _upload_panel():
         return None, None
     for note in (example.metadata or {}).get("notes") or []:
         st.caption(f":material/info: {note}")  # what the loader converted (dense → sparse, keys)
+    bundle.restore_session(uploaded, input_spec)  # a session bundle brings its settings back
     return example, input_spec
 
 
@@ -110,17 +119,28 @@ def batch_item_control(batch_size: int) -> int:
     """Which batch item the views show."""
     default(params.ITEM, 0)
     clamp(params.ITEM, 0, batch_size - 1)
-    return int(st.number_input(
+    item = int(st.number_input(
         "Batch item", min_value=0, max_value=max(batch_size - 1, 0), step=1, key=params.ITEM,
         disabled=batch_size <= 1, help=f"The example holds {batch_size} item(s); one is shown.",
     ))
+    url_state.publish("item", {params.ITEM: item if batch_size > 1 else None})
+    return item
 
 
 # ----------------------------------------------------------------------------- model controls
 
 
-def model_controls(num_keys: int) -> ModelSettings:
-    """k, heads, key_dim, selector and weight seed, each with a one-line description."""
+def model_controls(num_keys: int, *, choose_selector: bool = True) -> ModelSettings:
+    """k, heads, key_dim, selector, weights and weight seed, each with a one-line description.
+
+    Args:
+        num_keys: N of the input, the upper end of the k slider.
+        choose_selector: draw the selector box; a page that picks several selectors itself
+            (compare) passes False and gets `selector=""`.
+
+    Returns:
+        The `ModelSettings` the widgets hold.
+    """
     max_k = max(1, min(num_keys, params.MAX_TOP_K))
     default(params.TOP_K, min(params.DEFAULT_TOP_K, max_k))
     clamp(params.TOP_K, 1, max_k)
@@ -143,6 +163,34 @@ def model_controls(num_keys: int) -> ModelSettings:
         "key_dim", options=params.KEY_DIM_OPTIONS, key=params.KEY_DIM,
         help="Size of each head's query/key projection.",
     )
+    selector = selector_control() if choose_selector else ""
+    default(params.WEIGHTS, params.DEFAULT_WEIGHTS)
+    weights = st.radio(
+        "Weights", params.WEIGHT_KINDS, format_func=params.WEIGHT_LABELS.get,
+        key=params.WEIGHTS, horizontal=True,
+        help="**Aligned**: each head's scores follow the similarity of the raw query and key "
+             "rows (a random orthonormal view of the key space per head, scaled so scores "
+             "spread by about 2), so attention is peaked like a trained model's. **Random**: "
+             "seeded Glorot projections, as a fresh Keras layer has; scores are tiny and "
+             "attention is nearly uniform.",
+    )
+    default(params.SEED, params.DEFAULT_SEED)
+    seed = st.number_input(
+        "Weight seed", min_value=0, max_value=2**31 - 1, step=1, key=params.SEED,
+        help="Seeds the projection weights (and the random selector): same seed, same weights.",
+    )
+    url_state.publish("model", {
+        params.TOP_K: int(top_k), params.HEADS: int(num_heads), params.KEY_DIM: int(key_dim),
+        params.SELECTOR: str(selector) or None, params.WEIGHTS: str(weights),
+        params.SEED: int(seed)})
+    return ModelSettings(
+        top_k=int(top_k), num_heads=int(num_heads), key_dim=int(key_dim),
+        selector=str(selector), seed=int(seed), weights=str(weights),
+    )
+
+
+def selector_control() -> str:
+    """The selector box, with the chosen selector's one-line description under it."""
     names = sdattn.available_selectors()
     descriptions = selection.selector_descriptions()
     default(params.SELECTOR,
@@ -152,32 +200,25 @@ def model_controls(num_keys: int) -> ModelSettings:
         help="The strategy that picks each query's k keys.",
     )
     st.caption(descriptions.get(selector, ""))
-    default(params.SEED, params.DEFAULT_SEED)
-    seed = st.number_input(
-        "Weight seed", min_value=0, max_value=2**31 - 1, step=1, key=params.SEED,
-        help="Seeds the projection weights (and the random selector): same seed, same weights.",
-    )
-    return ModelSettings(
-        top_k=int(top_k), num_heads=int(num_heads), key_dim=int(key_dim),
-        selector=str(selector), seed=int(seed),
-    )
+    return selector
 
 
 # ----------------------------------------------------------------------------- figures
 
 
 def plotly_config(filename: str, image_format: str = "png") -> dict:
-    """Modebar config: export at 2x scale under a meaningful file name, no Plotly logo.
+    """Modebar config: export under a meaningful file name, no Plotly logo.
 
     `image_format` is `"png"` or `"svg"`; the camera button exports in that format, client
-    side (no Chrome or kaleido on the server).
+    side (no Chrome or kaleido on the server), at the figure's on-screen size: PNG at 2x scale
+    (sharp on slides and retina screens), SVG at 1x (vector; scale only changes its numbers).
     """
     return {
         "displaylogo": False,
         "toImageButtonOptions": {
             "format": image_format,
             "filename": filename,
-            "scale": 2,
+            "scale": 2 if image_format == "png" else 1,
             "height": None,  # None: the size the figure has on screen
             "width": None,
         },
@@ -185,8 +226,24 @@ def plotly_config(filename: str, image_format: str = "png") -> dict:
     }
 
 
+def image_format_control() -> str:
+    """PNG or SVG: what the camera button of every figure exports (a session-wide choice).
+
+    Plotly's camera button exports one format, so this picks it for all figures; the app
+    draws it once, in the sidebar, before the page.
+    """
+    default(params.IMAGE_FORMAT, params.IMAGE_FORMATS[0])
+    return st.segmented_control(
+        "Figure export", params.IMAGE_FORMATS, format_func=str.upper, key=params.IMAGE_FORMAT,
+        required=True,
+        help="Format of the camera button at the top right of every figure (hover a figure "
+             "to see it): PNG at twice the on-screen size, or SVG (vector, for slides and "
+             "papers). Exported in your browser.",
+    )
+
+
 def show_figure(fig: go.Figure, *, key: str, filename: str, on_select=None,
-                image_format: str = "png"):
+                image_format: str | None = None):
     """`st.plotly_chart` with the app's modebar config and a stable key.
 
     Args:
@@ -194,7 +251,8 @@ def show_figure(fig: go.Figure, *, key: str, filename: str, on_select=None,
         key: widget key (also the `st-key-<key>` CSS class the browser tests look for).
         filename: stem of exported images.
         on_select: None for a static chart, or a callback run when points are clicked.
-        image_format: export format of the camera button.
+        image_format: export format of the camera button; None uses the session's choice
+            (`image_format_control`), PNG before it is drawn.
 
     Returns:
         The selection state when `on_select` is given, else the element.
@@ -202,6 +260,8 @@ def show_figure(fig: go.Figure, *, key: str, filename: str, on_select=None,
     kwargs = {}
     if on_select is not None:
         kwargs = dict(on_select=on_select, selection_mode=("points",))
+    if image_format is None:
+        image_format = st.session_state.get(params.IMAGE_FORMAT) or params.IMAGE_FORMATS[0]
     return st.plotly_chart(
         fig, key=key, config=plotly_config(filename, image_format), width="stretch", **kwargs)
 

@@ -3,7 +3,7 @@ query selected, how every head weighted them, and the detail of one query."""
 
 import streamlit as st
 
-from ui import detail, params, runner, views, widgets
+from ui import bundle, detail, params, runner, views, widgets
 
 SELECTION_CHART = "selection_view"
 HEATMAP_CHART = "head_heatmaps"
@@ -53,3 +53,4 @@ detail.query_detail(single, result, 0, query, logits, settings.top_k, key="detai
 
 st.subheader("Downloads")
 views.download_buttons(single, result, input_spec, settings, item)
+bundle.download_button(example, result, input_spec, settings)

@@ -1,0 +1,81 @@
+"""Compare selectors: run several on one input with the same weights, measure each against exact
+dense attention, and see where a pair disagrees, which queries suffer, and how k changes it."""
+
+import streamlit as st
+
+from ui import comparison_views, detail, params, runner, widgets
+
+DIFF_CHART = "diff_map"
+SUMMARY_TABLE = "summary_table"
+HISTOGRAMS = "metric_histograms"
+K_SWEEP = "k_sweep"
+HEAD_AGREEMENT = "head_agreement"
+WORST_TABLE = "worst_queries"
+
+st.title("Compare selectors")
+st.caption(
+    "Every selector runs on the same input with the same attention weights, and is measured "
+    "against **exact dense attention** with those weights: how many of the exact top-k keys it "
+    "found (recall@k), how much of the dense softmax weight its keys hold (attention mass), and "
+    "how far its output strays."
+)
+
+with st.sidebar:
+    st.header("Input")
+    example, input_spec = widgets.input_panel()
+    item = widgets.batch_item_control(example.batch_size) if example is not None else 0
+    st.header("Model")
+    settings = widgets.model_controls(
+        example.num_keys if example is not None else params.MAX_TOP_K, choose_selector=False)
+    selectors = comparison_views.selectors_control()
+
+if example is None:
+    st.stop()
+if len(selectors) < 2:
+    st.info("Choose at least two selectors in the sidebar to compare them.",
+            icon=":material/compare:")
+    st.stop()
+problem = comparison_views.dense_budget_problem(
+    example.num_queries, example.num_keys, settings.num_heads)
+if problem is not None:
+    st.warning(problem)
+    st.stop()
+
+single = example.item(item)  # B = 1: what the views show
+with widgets.run_status(f"Running {len(selectors)} selectors and exact attention"):
+    runs, problem = runner.compare_or_explain(input_spec, item, settings, selectors, example)
+if problem is not None:
+    st.error(problem)
+    st.stop()
+runs_by_label = {run.label: run for run in runs}
+st.caption(f"Input: {input_spec.description}. k = {runs[0].k} of {single.num_keys} keys, "
+           f"{settings.num_heads} heads, {settings.weights} weights.")
+
+st.subheader("Metrics against exact attention")
+comparison_views.summary_table(runs, key=SUMMARY_TABLE)
+
+st.subheader("A/B diff map")
+selector_a, selector_b, head = comparison_views.pair_controls(selectors, settings.num_heads)
+run_a, run_b = runs_by_label[selector_a], runs_by_label[selector_b]
+comparison_views.diff_map(single, run_a, run_b, head, key=DIFF_CHART,
+                          on_select=detail.select_from_chart(DIFF_CHART))
+
+st.subheader("Per-query metrics")
+comparison_views.histograms(runs, key=HISTOGRAMS)
+
+st.subheader("k-sweep")
+ks = runner.sweep_ks(single.num_keys, settings.top_k)
+with widgets.run_status(f"Rerunning {len(selectors)} selectors at {len(ks)} values of k"):
+    sweep = runner.compare_k_sweep(input_spec, item, settings, selectors, ks, example)
+comparison_views.k_sweep(sweep, selectors, settings.top_k, key=K_SWEEP)
+
+st.subheader("Head agreement")
+comparison_views.head_agreement(runs, key=HEAD_AGREEMENT)
+
+st.subheader(f"Worst queries of {selector_a}")
+st.caption(f"Select a row (or click a cell of the diff map) to inspect the query as "
+           f"{selector_a} saw it: the ranked exact scores with the k cut-off, and the keys it "
+           "picked.")
+comparison_views.worst_queries(single, run_a, run_b, key=WORST_TABLE)
+query = detail.query_picker(single)
+comparison_views.pair_detail(single, run_a, run_b, query, settings.top_k, key="compare_detail")
