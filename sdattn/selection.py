@@ -253,8 +253,11 @@ class Selector(keras.layers.Layer):
         best_values = best_indices = None
         for start in range(0, num_keys, block):
             stop = min(start + block, num_keys)
-            values, indices = masked_top_k(self.scores(context, start, stop), min(k, stop - start),
-                                           context.mask.block(start, stop))
+            # In a graph every block is ready at once; without this dependency TF may compute all
+            # blocks' scores before merging any, and memory would grow with N after all.
+            with tf.control_dependencies([] if best_values is None else [best_values]):
+                block_scores = self.scores(context, start, stop)
+            values, indices = masked_top_k(block_scores, min(k, stop - start), context.mask.block(start, stop))
             indices += start
             if best_values is None:
                 best_values, best_indices = values, indices
