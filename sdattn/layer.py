@@ -13,6 +13,11 @@ from sdattn import selection as selection_lib
 from sdattn.masking import AttentionMask
 
 
+# Gathered raw rows [B, M, k, D] above this many elements per batch item (128 MB of float32)
+# take the projecting path instead of the folded one.
+_FOLD_GATHER_ELEMENTS = 2**25
+
+
 def _large_negative_number(dtype):
     """A finite large negative for masking: -1e9 overflows float16, so it gets -3e4 (as Keras)."""
     return -3e4 if tf.as_dtype(dtype) == tf.float16 else -1e9
@@ -232,22 +237,14 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         num_keys = key.shape[1]
         slots = self._top_k if num_keys is None else min(self._top_k, num_keys)
         indices, slot_valid = self._select(context, slots)  # [B, H|1, M, k] each
-        # Project only the selected tokens when they are fewer than all N tokens; otherwise
-        # (or when the selector already projected every key) project all and gather.
-        num_queries = indices.shape[2]
-        select_rows = (num_keys is not None and num_queries is not None
-                       and indices.shape[1] * num_queries * slots < num_keys)
-        if context.has_projected_key or not select_rows:
-            selected_key = self._gather_heads(context.projected_key, indices)  # [B, H, M, k, kd]
-        else:
-            selected_key = self._project_selected(key, self._key_dense, indices)  # [B, H, M, k, kd]
-        if select_rows:
-            selected_value = self._project_selected(value, self._value_dense, indices)  # [B, H, M, k, vd]
-        else:
-            selected_value = self._gather_heads(self._value_dense(value), indices)  # [B, H, M, k, vd]
         bias = self.selector.attention_bias(context, tf.where(slot_valid, indices, 0))
-        attention_output, scores = self._compute_attention(
-            projected_query, selected_key, selected_value, slot_valid, bias, training)
+        if self._should_fold(context, indices, slots):
+            attention_output, scores = self._attend_folded(
+                projected_query, key, value, indices, slot_valid, bias, training)
+        else:
+            selected_key, selected_value = self._selected_projections(context, key, value, indices, slots)
+            attention_output, scores = self._compute_attention(
+                projected_query, selected_key, selected_value, slot_valid, bias, training)
         output = self._output_dense(attention_output)  # [B, M, *out]
         if query_mask is not None:
             set_keras_mask(output, tf.cast(query_mask, tf.bool))
@@ -392,6 +389,102 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         rows = tf.gather(by_head, flat, batch_dims=2)  # [B, H, M·k, d]
         return tf.reshape(rows, tf.stack([batch, heads, num_queries, slots, depth]))  # [B, H, M, k, d]
 
+    def _selected_projections(self, context, key, value, indices, slots):
+        """Projected keys and values of the selected slots, `[B, H, M, k, kd]` and `[B, H, M, k, vd]`.
+
+        Only the selected tokens are projected when they are fewer than all N; otherwise (or when
+        the selector already projected every key) all tokens are projected once and gathered.
+        """
+        num_keys, num_queries = key.shape[1], indices.shape[2]
+        select_rows = (num_keys is not None and num_queries is not None
+                       and indices.shape[1] * num_queries * slots < num_keys)
+        if context.has_projected_key or not select_rows:
+            selected_key = self._gather_heads(context.projected_key, indices)  # [B, H, M, k, kd]
+        else:
+            selected_key = self._project_selected(key, self._key_dense, indices)  # [B, H, M, k, kd]
+        if select_rows:
+            selected_value = self._project_selected(value, self._value_dense, indices)  # [B, H, M, k, vd]
+        else:
+            selected_value = self._gather_heads(self._value_dense(value), indices)  # [B, H, M, k, vd]
+        return selected_key, selected_value
+
+    def _should_fold(self, context, indices, slots):
+        """Whether to fold the key and value kernels into the query side (see `_attend_folded`).
+
+        Only for a selection shared by all heads, when the selector has not projected every key
+        already, when `_compute_attention` is not overridden, and when it costs fewer
+        multiply-adds than projecting the selected tokens.
+        """
+        if (indices.shape[1] != 1 or context.has_projected_key
+                or type(self)._compute_attention is not SparseDenseMultiHeadAttention._compute_attention):
+            return False
+        num_queries, num_keys = context.num_queries, context.num_keys
+        if not isinstance(num_queries, int) or not isinstance(num_keys, int):
+            return False
+        heads, key_depth = self._num_heads, self._key_dim + self._value_dim
+        token_dim = max(context.key.shape[-1] or 0, self._value_dense.kernel.shape[0])
+        if num_queries * slots * token_dim > _FOLD_GATHER_ELEMENTS:
+            return False  # the gathered raw rows [B, M, k, D] would be too large
+        folded = token_dim * heads * (2 * slots + key_depth)
+        projected = min(num_keys, num_queries * slots) / num_queries * token_dim * heads * key_depth
+        return folded < projected
+
+    def _attend_folded(self, query, key, value, indices, slot_valid, bias=None, training=None):
+        """Attention over a shared selection without projecting any key or value token.
+
+        q·(W_K x + b_K) = (W_Kᵀ q)·x + q·b_K, and Σ_j w_j (W_V x_j + b_V) = W_V(Σ_j w_j x_j) +
+        b_V Σ_j w_j: folding the kernels into the query side costs H·D per (query, slot) instead
+        of projecting every selected token into all heads (D·H·(key_dim + value_dim)), since a
+        selected token usually serves one query only. Same maths as `_compute_attention`.
+
+        Args:
+            query: projected, scaled query `[B, M, H, kd]`.
+            key, value: raw tokens `[B, N, Dk]`, `[B, N, Dv]`.
+            indices: in-range shared selection `[B, 1, M, k]`.
+            slot_valid: bool `[B, S', M, k]`.
+            bias: optional selector logits term.
+            training: Keras training flag.
+
+        Returns:
+            `(attention_output [B, M, H, vd], scores [B, H, M, k])`.
+        """
+        batch = tf.shape(indices)[0]
+        num_queries, slots = tf.shape(indices)[2], tf.shape(indices)[3]
+        flat = tf.reshape(indices, [batch, -1])  # [B, M·k]
+        selected_keys = tf.gather(key, flat, batch_dims=1)  # [B, M·k, Dk]
+        selected_keys = tf.reshape(selected_keys, tf.stack([batch, num_queries, slots, key.shape[-1]]))  # [B, M, k, Dk]
+        key_kernel = tf.cast(self._key_dense.kernel, query.dtype)  # [Dk, H, kd]
+        folded_query = tf.einsum("bmhe,dhe->bmhd", query, key_kernel)  # [B, M, H, Dk]
+        logits = tf.einsum("bmhd,bmkd->bhmk", folded_query, selected_keys)  # [B, H, M, k]
+        if self._use_bias:
+            key_bias = tf.cast(self._key_dense.bias, query.dtype)  # [H, kd]
+            logits = logits + tf.transpose(tf.einsum("bmhe,he->bmh", query, key_bias), [0, 2, 1])[..., None]
+        scores, weights = self._slot_weights(logits, slot_valid, bias, training)
+        if value is key:
+            selected_values = selected_keys  # [B, M, k, Dv]
+        else:
+            selected_values = tf.gather(value, flat, batch_dims=1)  # [B, M·k, Dv]
+            selected_values = tf.reshape(selected_values, tf.stack([batch, num_queries, slots, value.shape[-1]]))  # [B, M, k, Dv]
+        mixed_tokens = tf.einsum("bhmk,bmkd->bmhd", weights, selected_values)  # [B, M, H, Dv]
+        value_kernel = tf.cast(self._value_dense.kernel, query.dtype)  # [Dv, H, vd]
+        attention_output = tf.einsum("bmhd,dhe->bmhe", mixed_tokens, value_kernel)  # [B, M, H, vd]
+        if self._use_bias:
+            weight_sums = tf.transpose(tf.reduce_sum(weights, axis=-1), [0, 2, 1])  # [B, M, H]
+            attention_output = attention_output + weight_sums[..., None] * tf.cast(self._value_dense.bias, query.dtype)
+        return attention_output, scores
+
+    def _slot_weights(self, logits, slot_valid, bias=None, training=None):
+        """Masked softmax over the slots, then dropout: `(scores, weights)`, each `[B, H, M, k]`."""
+        if bias is not None:
+            logits = logits + tf.cast(bias, logits.dtype)
+        slot_valid = tf.broadcast_to(slot_valid, tf.shape(logits))
+        logits = tf.where(slot_valid, logits, tf.constant(_large_negative_number(logits.dtype), logits.dtype))
+        scores = tf.nn.softmax(logits, axis=-1)
+        # A row with no valid slot would be uniform over masked slots; Keras zeroes it, as do we.
+        scores = tf.where(slot_valid, scores, tf.zeros_like(scores))
+        weights = self._dropout_layer(scores, training=training) if self._dropout > 0 else scores
+        return scores, weights
+
     def _project_selected(self, tokens, projection, indices):
         """Projects only the selected tokens, each distinct (batch, token) once.
 
@@ -438,14 +531,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             `(attention_output [B, M, H, vd], scores [B, H, M, k])`.
         """
         logits = tf.einsum("bmhd,bhmkd->bhmk", query, selected_key)  # [B, H, M, k]
-        if bias is not None:
-            logits = logits + tf.cast(bias, logits.dtype)
-        slot_valid = tf.broadcast_to(slot_valid, tf.shape(logits))
-        logits = tf.where(slot_valid, logits, tf.constant(_large_negative_number(logits.dtype), logits.dtype))
-        scores = tf.nn.softmax(logits, axis=-1)
-        # A row with no valid slot would be uniform over masked slots; Keras zeroes it, as do we.
-        scores = tf.where(slot_valid, scores, tf.zeros_like(scores))
-        weights = self._dropout_layer(scores, training=training) if self._dropout > 0 else scores
+        scores, weights = self._slot_weights(logits, slot_valid, bias, training)
         attention_output = tf.einsum("bhmk,bhmkd->bmhd", weights, selected_value)  # [B, M, H, vd]
         return attention_output, scores
 

@@ -496,3 +496,52 @@ def test_projecting_only_selected_tokens_matches_reference(selector):
     np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-5)
     np.testing.assert_allclose(scores.numpy(), ref_scores, atol=1e-5)
     assert (indices.numpy() >= 0).all()
+
+
+@pytest.mark.parametrize("selector", ["cosine", "random", "window", "ann"])
+@pytest.mark.parametrize("fold", [True, False], ids=["folded-kernels", "projected-tokens"])
+@pytest.mark.parametrize("keys", [40, 6], ids=["k<N", "k>=N"])
+def test_shared_selection_paths_match_reference(selector, fold, keys, monkeypatch):
+    # A shared selection is attended either with the key/value kernels folded into the query
+    # side, or by projecting the selected tokens: both must give the reference's numbers.
+    monkeypatch.setattr(SparseDenseMultiHeadAttention, "_should_fold", lambda self, *a: fold)
+    rng = np.random.default_rng(19)
+    query, value = random_case(rng, 2, 3, keys, 6, 6)
+    key = rng.normal(size=(2, keys, 6)).astype("float32")
+    mha = keras.layers.MultiHeadAttention(2, 4, value_dim=3, output_shape=5,
+                                          bias_initializer=keras.initializers.RandomNormal(seed=3))
+    mha(query, value, key=key)
+    chosen = {"name": selector, "seed": 2} if selector == "random" else selector
+    layer = SparseDenseMultiHeadAttention(2, 4, 3 if keys > 6 else 8, selector=chosen, value_dim=3, output_shape=5)
+    layer(tf.sparse.from_dense(query), value, key=key)
+    layer.set_weights(mha.get_weights())
+    value_mask = rng.random((2, keys)) < 0.7
+    value_mask[:, 0] = True
+    out, scores, indices = layer(tf.sparse.from_dense(query), value, key=key, value_mask=value_mask,
+                                 use_causal_mask=keys == 6, return_attention_scores=True)
+    mask = reference.combined_mask(2, 3, keys, key_mask=value_mask, use_causal_mask=keys == 6)
+    ref_out, ref_scores = reference.selected_attention(query, value, mha.get_weights(), indices.numpy(),
+                                                       key=key, attention_mask=mask)
+    np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-5)
+    np.testing.assert_allclose(scores.numpy(), ref_scores, atol=1e-5)
+    if keys == 6:
+        np.testing.assert_allclose(out.numpy(), mha(query, value, key=key, value_mask=value_mask,
+                                                    use_causal_mask=True).numpy(), atol=1e-5)
+
+
+def test_folded_path_is_chosen_for_sparse_selections_and_trains():
+    rng = np.random.default_rng(20)
+    query, value = random_case(rng, 2, 4, 64, 8, 8)
+    layer = SparseDenseMultiHeadAttention(2, 4, 3, selector="cosine", dropout=0.3, seed=1)
+    sparse_query = tf.sparse.from_dense(query)
+    layer(sparse_query, value)
+    calls = []
+    original = SparseDenseMultiHeadAttention._attend_folded
+    layer._attend_folded = lambda *a, **k: calls.append(1) or original(layer, *a, **k)
+    with tf.GradientTape() as tape:
+        out = layer(sparse_query, value, training=True)
+        loss = tf.reduce_sum(out ** 2)
+    gradients = tape.gradient(loss, layer.trainable_weights)
+    assert calls, "a shared selection of 3 of 64 keys should fold the kernels"
+    assert all(g is not None and np.isfinite(g.numpy()).all() for g in gradients)
+    assert all(np.abs(g.numpy()).sum() > 0 for g in gradients)
