@@ -33,7 +33,7 @@ test: $(VENV)/.dev-installed browser
 	$(BIN)/python -m pytest tests
 
 bench: $(VENV)/.runtime-installed
-	$(BIN)/python -m sdattn.bench --json benchmarks/results.json --markdown benchmarks/results.md
+	$(BIN)/python -m sdattn.bench --selectors dot,cosine,ann,random,window,lsh,hybrid --repeats 5 --json benchmarks/results.json --markdown benchmarks/results.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache
