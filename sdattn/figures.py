@@ -1150,6 +1150,17 @@ def walkthrough_figure(walkthrough, step_key: str, focus_query: int = 0) -> go.F
 REFERENCE_COLOR = "#7f7f7f"  # the dense baseline every sdattn line is read against
 
 
+def _one_two_five_ticks(low, high):
+    """Tick values 1, 2, 5, 10, 20, … covering `[low, high]` (both positive)."""
+    ticks = []
+    for exponent in range(math.floor(math.log10(low)), math.floor(math.log10(high)) + 1):
+        for digit in (1, 2, 5):
+            value = digit * 10.0 ** exponent
+            if low / 1.5 <= value <= high * 1.5:
+                ticks.append(value)
+    return ticks
+
+
 def scaling_figure(
     series: dict[str, tuple[Sequence[float], Sequence[float]]],
     *,
@@ -1190,12 +1201,16 @@ def scaling_figure(
             hovertemplate=f"{method}<br>N = %{{x:,}}<br>{y_title}: %{{y:.3g}}<extra></extra>",
         ))
     all_sizes = sorted({float(n) for sizes, _ in series.values() for n in sizes})
+    shown_values = [v for trace in traces for v in trace["y"]]
+    y_ticks = _one_two_five_ticks(min(shown_values), max(shown_values)) if shown_values else []
     layout = dict(
         title=dict(text=title),
         xaxis=dict(type="log", title=dict(text="N (dense key tokens)"), tickvals=all_sizes,
                    ticktext=[f"{int(n):,}" for n in all_sizes]),
-        # Labels at 1, 2 and 5 of each decade: all nine digits crowd a short axis.
-        yaxis=dict(type="log", title=dict(text=y_title), dtick="D2"),
+        # Labels at 1, 2 and 5 of each decade, written out in full (Plotly's "D2" shorthand
+        # labels 20 and 50 as small "2" and "5", which reads as 2 and 5).
+        yaxis=dict(type="log", title=dict(text=y_title), tickvals=y_ticks,
+                   ticktext=[f"{v:,.3g}" for v in y_ticks]),
         height=360,
         margin=dict(l=10, r=10, t=70, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0),

@@ -144,3 +144,15 @@ def test_head_agreement_facets_hold_the_jaccard_matrices():
     assert spec["data"][0]["x"] == ["head 0", "head 1"]
     assert all(t["coloraxis"] == "coloraxis" for t in spec["data"])
     assert (spec["layout"]["coloraxis"]["cmin"], spec["layout"]["coloraxis"]["cmax"]) == (0, 1)
+
+
+def test_scaling_figure_labels_log_ticks_with_full_numbers():
+    from sdattn.figures import scaling_figure
+
+    figure = scaling_figure({"sdattn cosine": ([1024, 4096], [6.5, 21.8]),
+                             "keras MHA": ([1024, 4096], [4.7, 58.0])},
+                            y_title="time per call (ms)", title="t", reference="keras MHA")
+    axis = figure.layout.yaxis
+    assert list(axis.tickvals) == [5, 10, 20, 50]
+    assert list(axis.ticktext) == ["5", "10", "20", "50"]
+    assert figure.data[1].line.dash == "dash"
