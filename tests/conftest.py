@@ -12,6 +12,13 @@ import time
 import urllib.request
 
 import pytest
+from hypothesis import settings
+
+# Under CI, property tests draw the same examples every run: a red build is reproducible, and a
+# flaky one cannot hide behind a lucky draw. Locally they explore fresh examples each run.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
