@@ -127,3 +127,16 @@ def page(browser):
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "e2e: drives a live app in Chromium (deselect with -m 'not e2e')")
+
+
+@pytest.fixture
+def screenshot_path(tmp_path):
+    """Where an e2e test saves its screenshot: `assets/<name>` (the README's pictures) only when
+    `SDATTN_UPDATE_SCREENSHOTS=1`, else a temporary folder, so `make test` leaves the tree clean."""
+
+    def path_for(name: str) -> pathlib.Path:
+        if os.environ.get("SDATTN_UPDATE_SCREENSHOTS") == "1":
+            return ROOT / "assets" / name
+        return tmp_path / name
+
+    return path_for

@@ -1,14 +1,12 @@
 """End-to-end: a real Chromium drives the compare page on a live `streamlit run` (see conftest.py):
 two selectors chosen in the multiselect, the A/B diff map drawn for them, and the screenshot."""
 
-import pathlib
 
 import pytest
 from PIL import Image
 
 from ui import params
 
-SCREENSHOT = pathlib.Path(__file__).resolve().parents[1] / "assets" / "compare.png"
 APP_TIMEOUT_MS = 90_000  # first page load imports TensorFlow and runs every selector
 
 # The diff map as Plotly drew it: its title and how many cells each category holds.
@@ -26,7 +24,7 @@ DIFF_MAP_JS = """() => {
 pytestmark = pytest.mark.e2e
 
 
-def test_compare_two_selectors_in_chromium(page, app_url):
+def test_compare_two_selectors_in_chromium(page, app_url, screenshot_path):
     # Through the entrypoint and its navigation, as a user arrives.
     page.goto(app_url)
     page.wait_for_selector(".st-key-head_heatmaps .js-plotly-plot", timeout=APP_TIMEOUT_MS)
@@ -68,7 +66,8 @@ def test_compare_two_selectors_in_chromium(page, app_url):
     page.mouse.move(5, 5)  # no hover label over the screenshot
     page.set_viewport_size({"width": 1400, "height": 1900})
     page.wait_for_timeout(1000)
-    page.screenshot(path=str(SCREENSHOT))
+    screenshot = screenshot_path("compare.png")
+    page.screenshot(path=str(screenshot))
     # A 128-colour palette keeps the committed README image near 100 KB instead of 300 KB.
-    Image.open(SCREENSHOT).convert("RGB").quantize(
-        colors=128, method=Image.Quantize.MEDIANCUT).save(SCREENSHOT, optimize=True)
+    Image.open(screenshot).convert("RGB").quantize(
+        colors=128, method=Image.Quantize.MEDIANCUT).save(screenshot, optimize=True)

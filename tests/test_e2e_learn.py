@@ -2,7 +2,6 @@
 reproduces its settings and figure, and every figure's camera button exports PNG or SVG."""
 
 import json
-import pathlib
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -13,7 +12,6 @@ from sdattn import inputs, reference
 from sdattn import weights as weights_lib
 from ui import learn, params
 
-SCREENSHOT = pathlib.Path(__file__).resolve().parents[1] / "assets" / "learn.png"
 APP_TIMEOUT_MS = 90_000  # first page load imports TensorFlow and builds the first layer
 SHARED = {"preset": "ties", "step": "softmax", "k": "2", "seed": "5", "data_seed": "3",
           "selector": "cosine", "weights": "random", "query": "2"}
@@ -107,7 +105,7 @@ def test_shared_url_reproduces_its_settings_and_figure(page, browser, learn_url)
         context.close()
 
 
-def test_walkthrough_screenshot(page, learn_url):
+def test_walkthrough_screenshot(page, learn_url, screenshot_path):
     page.set_viewport_size({"width": 1400, "height": 1180})
     page.goto(f"{learn_url}?step=top_k&query=1")
     wait_for_chart(page, "learn_figure_top_k")
@@ -115,10 +113,11 @@ def test_walkthrough_screenshot(page, learn_url):
     wait_for_chart(page, "learn_figure_top_k")
     page.mouse.move(5, 5)  # no hover label over the screenshot
     page.wait_for_timeout(800)
-    page.screenshot(path=str(SCREENSHOT))
+    screenshot = screenshot_path("learn.png")
+    page.screenshot(path=str(screenshot))
     # A 128-colour palette keeps the committed README image small.
-    Image.open(SCREENSHOT).convert("RGB").quantize(
-        colors=128, method=Image.Quantize.MEDIANCUT).save(SCREENSHOT, optimize=True)
+    Image.open(screenshot).convert("RGB").quantize(
+        colors=128, method=Image.Quantize.MEDIANCUT).save(screenshot, optimize=True)
 
 
 def download_from_camera(page, key, tmp_path):

@@ -2,7 +2,6 @@
 heatmap grid drawn, k changed and redrawn, a query clicked into the detail, CSV downloaded."""
 
 import io
-import pathlib
 
 import pandas as pd
 import pytest
@@ -10,7 +9,6 @@ from PIL import Image
 
 from ui import params
 
-SCREENSHOT = pathlib.Path(__file__).resolve().parents[1] / "assets" / "playground.png"
 APP_TIMEOUT_MS = 90_000  # first page load imports TensorFlow and builds the first layer
 
 # Counts the drawn (non-NaN) cells of every heatmap facet, from Plotly's decoded data.
@@ -56,7 +54,7 @@ def wait_for_chart(page, key):
     return page.locator(f".st-key-{key} .js-plotly-plot")
 
 
-def test_playground_in_chromium(page, app_url, tmp_path):
+def test_playground_in_chromium(page, app_url, screenshot_path, tmp_path):
     # 1. The playground opens by default and draws the per-head heatmap grid.
     page.goto(app_url)
     page.wait_for_selector(".st-key-head_heatmaps .js-plotly-plot", timeout=APP_TIMEOUT_MS)
@@ -92,10 +90,11 @@ def test_playground_in_chromium(page, app_url, tmp_path):
     page.mouse.move(5, 5)  # no hover label over the screenshot
     page.set_viewport_size({"width": 1400, "height": 2300})  # views and the query detail
     page.wait_for_timeout(800)
-    page.screenshot(path=str(SCREENSHOT))
+    screenshot = screenshot_path("playground.png")
+    page.screenshot(path=str(screenshot))
     # A 128-colour palette keeps the committed README image near 100 KB instead of 300 KB.
-    Image.open(SCREENSHOT).convert("RGB").quantize(
-        colors=128, method=Image.Quantize.MEDIANCUT).save(SCREENSHOT, optimize=True)
+    Image.open(screenshot).convert("RGB").quantize(
+        colors=128, method=Image.Quantize.MEDIANCUT).save(screenshot, optimize=True)
     page.set_viewport_size({"width": 1400, "height": 1000})
 
     # 4. Download the CSV: one row per (query, head, selected slot), weights sum to 1.
