@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import gc
 import json
+import logging
 import os
 import platform
 import re
@@ -17,6 +18,10 @@ import tempfile
 import time
 
 import numpy as np
+
+# Progress and the results table go through logging; `main` sends them to stdout when the
+# caller has not configured logging, so `python -m sdattn.bench` prints them as a CLI should.
+_logger = logging.getLogger("sdattn.bench")
 
 # Config P (issue 6): B=2, M=512 sparse queries (8 of 256 features), D=256, H=8, key_dim=32,
 # top_k=32, float32; N=1,048,576 runs with M=1,024, for sdattn only.
@@ -542,8 +547,16 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
 
+    if not _logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _logger.addHandler(handler)
+        _logger.setLevel(logging.INFO)
+        _logger.propagate = False
+
     def log(message):
-        print(f"[bench] {message}", flush=True)
+        # Workers' lines carry this prefix; the parent process re-logs them (`_run_in_subprocess`).
+        _logger.info("[bench] %s", message)
 
     if args.worker:
         cfg = config(args.sizes[0], args.queries, args.batch, args.dim, args.heads, args.key_dim, args.top_k)
@@ -577,8 +590,7 @@ def main(argv=None):
     add_ratios(records)
     environment = environment_info(args, argv)
     table = markdown_table(records, environment)
-    print()
-    print(table)
+    _logger.info("\n%s", table)
     if args.json_path:
         os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
         with open(args.json_path, "w") as out:
