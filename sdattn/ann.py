@@ -12,6 +12,7 @@ import numpy as np
 import xxhash
 import tensorflow as tf
 
+from sdattn.arguments import invalid_value
 from sdattn.selection import Selector, register_selector
 
 # Rows normalised and added to an index per step: bounds the temporary copy to 64 MB at D=256.
@@ -37,24 +38,18 @@ def _faiss():
     return faiss
 
 
-def _invalid(argument, expected, value):
-    return ValueError(
-        f"Received an invalid value for argument `{argument}`, expected {expected}. "
-        f"Received: {argument}={value!r}")
-
-
 def _check_int(argument, value, minimum, allow_none=False):
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         expected = f"an integer >= {minimum}" + (" or None" if allow_none else "")
-        raise _invalid(argument, expected, value)
+        raise invalid_value(argument, expected, value)
     return int(value)
 
 
 def _check_choice(argument, value, choices):
     if value not in choices:
-        raise _invalid(argument, f"one of {list(choices)}", value)
+        raise invalid_value(argument, f"one of {list(choices)}", value)
     return value
 
 
@@ -211,14 +206,14 @@ class AnnSelector(Selector):
         self.exact_threshold = _check_int("exact_threshold", exact_threshold, 0)
         self.storage = _check_choice("storage", storage, _STORAGES)
         if isinstance(oversample, bool) or not isinstance(oversample, numbers.Real) or not oversample >= 1:
-            raise _invalid("oversample", "a number >= 1", oversample)
+            raise invalid_value("oversample", "a number >= 1", oversample)
         self.oversample = float(oversample)
         self.train_points_per_centroid = _check_int("train_points_per_centroid", train_points_per_centroid, 1)
         self.kmeans_iterations = _check_int("kmeans_iterations", kmeans_iterations, 1)
         self.cache_size = _check_int("cache_size", cache_size, 1)
         self.use_gpu = bool(use_gpu)
         if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon >= 0:
-            raise _invalid("epsilon", "a non-negative number", epsilon)
+            raise invalid_value("epsilon", "a non-negative number", epsilon)
         self.epsilon = float(epsilon)
         self._index_cache = _IndexCache(self.cache_size)
 

@@ -15,6 +15,7 @@ import pandas as pd
 import tensorflow as tf
 
 # hashing, hybrid and learned are imported so that their selectors are registered by name.
+from sdattn.arguments import positive_int
 from sdattn import hashing, hybrid, learned, metrics, reference  # noqa: F401
 from sdattn import selection as selection_lib
 from sdattn import weights as weights_lib
@@ -114,14 +115,6 @@ class SelectorRun:
             "num_keys": num_keys,
             "per_head": self.per_head,
         }
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(
-            f"Received an invalid value for argument `{name}`, expected a positive integer. "
-            f"Received: {name}={value!r}")
-    return int(value)
 
 
 def attention_weights(example, num_heads, key_dim, seed=0, value_dim=None):
@@ -244,7 +237,7 @@ def run_selector(example, selector, top_k, num_heads, key_dim, seed=0, weights=N
     Returns:
         A `SelectorRun`.
     """
-    top_k = _positive_int("top_k", top_k)
+    top_k = positive_int("top_k", top_k)
     if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 0:
         raise ValueError(
             "Received an invalid value for argument `repeats`, expected a non-negative integer. "
@@ -414,7 +407,7 @@ def k_sweep_table(example, selectors, ks, num_heads, key_dim, seed=0, value_dim=
         Tidy `pandas.DataFrame`, one row per (selector, k), with the columns of `SUMMARY_COLUMNS`
         except the time.
     """
-    ks = [_positive_int("ks", k) for k in ks]
+    ks = [positive_int("ks", k) for k in ks]
     labelled = _labelled(selectors)
     if weights is None:
         weights = attention_weights(example, num_heads, key_dim, seed=seed, value_dim=value_dim)

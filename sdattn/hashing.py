@@ -6,21 +6,12 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from sdattn.arguments import positive_int
 from sdattn.selection import CosineSelector, register_selector
 
 # Cosine lies in [-1, 1], so a step of 4 per Hamming bit keeps every key of a nearer bucket ahead
 # of every key of a farther one, whatever their cosines (with margin for rounding).
 _BUCKET_STEP = 4.0
-
-
-def _positive_int(name, value, maximum=None):
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0
-            or (maximum is not None and value > maximum)):
-        bound = "a positive integer" if maximum is None else f"an integer in [1, {maximum}]"
-        raise ValueError(
-            f"Received an invalid value for argument `{name}`, expected {bound}. "
-            f"Received: {name}={value!r}")
-    return int(value)
 
 
 @register_selector("lsh", "Random-hyperplane hash buckets (Reformer-style), nearest buckets first, seeded; shared.")
@@ -57,8 +48,8 @@ class LSHSelector(CosineSelector):
     """
 
     def __init__(self, num_bits=8, num_tables=1, seed=None, epsilon=1e-9, block_size=None, **kwargs):
-        num_bits = _positive_int("num_bits", num_bits, maximum=64)
-        num_tables = _positive_int("num_tables", num_tables)
+        num_bits = positive_int("num_bits", num_bits, maximum=64)
+        num_tables = positive_int("num_tables", num_tables)
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
         elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:

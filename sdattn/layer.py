@@ -9,6 +9,7 @@ from keras import constraints, initializers, regularizers
 # Keras exports no public setter for implicit masks; MultiHeadAttention uses this same helper.
 from keras.src.backend.common.masking import set_keras_mask
 
+from sdattn.arguments import positive_int
 from sdattn import selection as selection_lib
 from sdattn.masking import AttentionMask
 
@@ -21,17 +22,6 @@ _FOLD_GATHER_ELEMENTS = 2**25
 def _large_negative_number(dtype):
     """A finite large negative for masking: -1e9 overflows float16, so it gets -3e4 (as Keras)."""
     return -3e4 if tf.as_dtype(dtype) == tf.float16 else -1e9
-
-
-def _positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        expected = "a positive integer or `None`" if allow_none else "a positive integer"
-        raise ValueError(
-            f"Received an invalid value for argument `{name}`, expected {expected}. "
-            f"Received: {name}={value!r}")
-    return int(value)
 
 
 def _output_shape_tuple(output_shape):
@@ -107,10 +97,10 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
                  seed=None, **kwargs):
-        num_heads = _positive_int("num_heads", num_heads)
-        key_dim = _positive_int("key_dim", key_dim)
-        top_k = _positive_int("top_k", top_k)
-        value_dim = _positive_int("value_dim", value_dim, allow_none=True)
+        num_heads = positive_int("num_heads", num_heads)
+        key_dim = positive_int("key_dim", key_dim)
+        top_k = positive_int("top_k", top_k)
+        value_dim = positive_int("value_dim", value_dim, allow_none=True)
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise ValueError(
                 "Received an invalid value for argument `dropout`, expected a float in [0, 1). "

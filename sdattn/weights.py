@@ -8,6 +8,8 @@ import numbers
 
 import numpy as np
 
+from sdattn.arguments import positive_int
+
 __all__ = [
     "DEFAULT_LOGIT_STD",
     "WEIGHT_KINDS",
@@ -30,14 +32,6 @@ _HEAD_ANISOTROPY = 0.3
 _CALIBRATION_KEYS = 4096
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(
-            f"Received an invalid value for argument `{name}`, expected a positive integer. "
-            f"Received: {name}={value!r}")
-    return int(value)
-
-
 def random_weights(example, num_heads, key_dim, seed=0, value_dim=None):
     """Seeded Glorot-uniform kernels and zero biases.
 
@@ -57,9 +51,9 @@ def random_weights(example, num_heads, key_dim, seed=0, value_dim=None):
         kernel `[D, H, key_dim]`, key bias, value kernel `[D, H, value_dim]`, value bias, output
         kernel `[H, value_dim, Dq]`, output bias `[Dq]`.
     """
-    num_heads = _positive_int("num_heads", num_heads)
-    key_dim = _positive_int("key_dim", key_dim)
-    value_dim = key_dim if value_dim is None else _positive_int("value_dim", value_dim)
+    num_heads = positive_int("num_heads", num_heads)
+    key_dim = positive_int("key_dim", key_dim)
+    value_dim = key_dim if value_dim is None else positive_int("value_dim", value_dim)
     rng = np.random.default_rng(seed)
 
     def glorot(fan_in, shape):
