@@ -6,7 +6,7 @@ import numbers
 
 import tensorflow as tf
 
-from sdattn.selection import Selector, WindowSelector, register_selector
+from sdattn.selection import Selector, WindowSelector, register_selector, streamed_top_k
 
 
 @register_selector("hybrid", "A window of local keys plus the best remaining keys by q·k, per head.")
@@ -98,22 +98,8 @@ class HybridSelector(Selector):
                 block_scores = tf.where(is_taken, -math.inf, block_scores)
             _, indices = tf.math.top_k(block_scores, k=slots)
             return tf.ensure_shape(indices, static_shape.concatenate([slots]))  # [B, H, M, slots]
-        block = self._block_size(context, k)
-        best_values = best_indices = None
-        for start in range(0, num_keys, block):
-            stop = min(start + block, num_keys)
-            values, indices = tf.math.top_k(self._ranked_block(context, start, stop, taken),
-                                            k=min(slots, stop - start))
-            indices += start
-            if best_values is None:
-                best_values, best_indices = values, indices
-                continue
-            # Merge the running top with this block's: [B, H, M, 2·slots] → [B, H, M, slots].
-            merged_values = tf.concat([best_values, values], axis=-1)
-            merged_indices = tf.concat([best_indices, indices], axis=-1)
-            best_values, order = tf.math.top_k(merged_values, k=min(slots, merged_values.shape[-1]))
-            best_indices = tf.gather(merged_indices, order, batch_dims=3)
-        return best_indices
+        return streamed_top_k(lambda start, stop: self._ranked_block(context, start, stop, taken),
+                              num_keys, self._block_size(context, k), slots)
 
     def get_config(self):
         config = super().get_config()

@@ -124,6 +124,49 @@ def grouped_top_k(scores, k, group_size=None):
     return values, indices
 
 
+def _masked(scores, mask):
+    """Scores with masked keys at `-inf` (mask None: unchanged)."""
+    if mask is None:
+        return scores
+    return tf.where(mask, scores, tf.constant(-math.inf, scores.dtype))
+
+
+def streamed_top_k(block_scores, num_keys, block_size, k):
+    """Exact top-k over keys `[0, num_keys)` scored one block at a time, with a running merge.
+
+    Memory stays O(M·k + block) whatever N is: each block's top-k is merged into the running
+    one before the next block is scored.
+
+    Args:
+        block_scores: callable `(start, stop)` → float `[B, S, M, stop - start]`, masked keys
+            already at `-inf`.
+        num_keys: N, a Python int.
+        block_size: keys per block.
+        k: Python int, at most `num_keys`.
+
+    Returns:
+        int32 `[B, S, M, k]` key positions, by decreasing score.
+    """
+    best_values = best_indices = None
+    for start in range(0, num_keys, block_size):
+        stop = min(start + block_size, num_keys)
+        # In a graph every block is ready at once; without this dependency TF may compute all
+        # blocks' scores before merging any, and memory would grow with N after all.
+        with tf.control_dependencies([] if best_values is None else [best_values]):
+            scores = block_scores(start, stop)
+        values, indices = masked_top_k(scores, min(k, stop - start))
+        indices += start
+        if best_values is None:
+            best_values, best_indices = values, indices
+            continue
+        # Merge the running top-k with this block's: [B, S, M, 2k] → [B, S, M, k].
+        merged_values = tf.concat([best_values, values], axis=-1)
+        merged_indices = tf.concat([best_indices, indices], axis=-1)
+        best_values, order = tf.math.top_k(merged_values, k=min(k, merged_values.shape[-1]))
+        best_indices = tf.gather(merged_indices, order, batch_dims=3)
+    return best_indices
+
+
 def masked_top_k(scores, k, mask=None):
     """Top-k key positions per row, never preferring a masked key over an allowed one.
 
@@ -140,8 +183,7 @@ def masked_top_k(scores, k, mask=None):
         indices are int32 positions in `[0, n)`, ordered by decreasing score, lower index first
         on ties.
     """
-    if mask is not None:
-        scores = tf.where(mask, scores, tf.constant(-math.inf, scores.dtype))
+    scores = _masked(scores, mask)
     if scores.shape[-1] is None:
         return tf.math.top_k(scores, k=k)
     return grouped_top_k(scores, k)
@@ -240,34 +282,16 @@ class Selector(keras.layers.Layer):
         if not isinstance(num_keys, int):
             # Unknown N: one block, padded so top_k always has k columns.
             block_scores = self.scores(context, 0, num_keys)
-            mask = context.mask.block(0, num_keys)
-            if mask is not None:
-                block_scores = tf.where(mask, block_scores, tf.constant(-math.inf, block_scores.dtype))
+            block_scores = _masked(block_scores, context.mask.block(0, num_keys))
             static_shape = block_scores.shape[:3]
             pad = tf.maximum(k - tf.shape(block_scores)[-1], 0)
             block_scores = tf.pad(block_scores, [[0, 0], [0, 0], [0, 0], [0, pad]],
                                   constant_values=-math.inf)
             _, indices = tf.math.top_k(block_scores, k=k)
             return tf.ensure_shape(indices, static_shape.concatenate([k]))  # [B, S, M, k]
-        block = self._block_size(context, k)
-        best_values = best_indices = None
-        for start in range(0, num_keys, block):
-            stop = min(start + block, num_keys)
-            # In a graph every block is ready at once; without this dependency TF may compute all
-            # blocks' scores before merging any, and memory would grow with N after all.
-            with tf.control_dependencies([] if best_values is None else [best_values]):
-                block_scores = self.scores(context, start, stop)
-            values, indices = masked_top_k(block_scores, min(k, stop - start), context.mask.block(start, stop))
-            indices += start
-            if best_values is None:
-                best_values, best_indices = values, indices
-                continue
-            # Merge the running top-k with this block's: [B, S, M, 2k] → [B, S, M, k].
-            merged_values = tf.concat([best_values, values], axis=-1)
-            merged_indices = tf.concat([best_indices, indices], axis=-1)
-            best_values, order = tf.math.top_k(merged_values, k=min(k, merged_values.shape[-1]))
-            best_indices = tf.gather(merged_indices, order, batch_dims=3)
-        return best_indices
+        return streamed_top_k(
+            lambda start, stop: _masked(self.scores(context, start, stop), context.mask.block(start, stop)),
+            num_keys, self._block_size(context, k), k)
 
     def _block_size(self, context, k):
         if self.block_size:
