@@ -193,6 +193,20 @@ def decode_figure_json(spec: str | dict) -> dict:
 # ----------------------------------------------------------------------------- layout helpers
 
 
+def _query_key_layout(title, x_labels, y_labels):
+    """Layout of a clickable query × key cell map: labelled category axes, a row height per query."""
+    return dict(
+        title=dict(text=title),
+        xaxis=_category_axis(x_labels, "key"),
+        yaxis=_category_axis(y_labels, "query", reversed_=True),
+        height=140 + _cell_height(len(y_labels)) * len(y_labels),
+        margin=dict(l=10, r=10, t=60, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+        clickmode="event+select",
+        dragmode="zoom",
+    )
+
+
 def _category_axis(labels: Sequence[str], title: str, reversed_: bool = False) -> dict:
     """A category axis that keeps the example's order (queries read top to bottom)."""
     axis = dict(
@@ -364,17 +378,7 @@ def selection_figure(
     default_title = f"Top-k selection: {num_queries} queries × {num_keys} keys"
     if blocked:
         default_title += f" (blocks of {row_factor} × {col_factor})"
-    layout = dict(
-        title=dict(text=title or default_title),
-        xaxis=_category_axis(x_labels, "key"),
-        yaxis=_category_axis(y_labels, "query", reversed_=True),
-        height=140 + _cell_height(len(y_labels)) * len(y_labels),
-        margin=dict(l=10, r=10, t=60, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
-        clickmode="event+select",
-        dragmode="zoom",
-    )
-    return go.Figure(dict(data=traces, layout=layout))
+    return go.Figure(dict(data=traces, layout=_query_key_layout(title or default_title, x_labels, y_labels)))
 
 
 def head_heatmaps_figure(
@@ -719,17 +723,7 @@ def selection_diff_figure(
     title = f"{name_a} vs {name_b}{of_head}: which keys each selector picked"
     if blocked:
         title += f" (blocks of {row_factor} × {col_factor})"
-    layout = dict(
-        title=dict(text=title),
-        xaxis=_category_axis(x_labels, "key"),
-        yaxis=_category_axis(y_labels, "query", reversed_=True),
-        height=140 + _cell_height(len(y_labels)) * len(y_labels),
-        margin=dict(l=10, r=10, t=60, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
-        clickmode="event+select",
-        dragmode="zoom",
-    )
-    return go.Figure(dict(data=traces, layout=layout))
+    return go.Figure(dict(data=traces, layout=_query_key_layout(title, x_labels, y_labels)))
 
 
 def metric_histograms_figure(
