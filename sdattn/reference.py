@@ -43,7 +43,7 @@ def output_projection(context, kernel, bias=None):
     return out if bias is None else out + bias
 
 
-def _masked_softmax(logits, valid):
+def masked_softmax(logits, valid):
     """Softmax over the last axis where `valid`; rows with no valid entry give all zeros."""
     shifted = np.where(valid, logits, -np.inf)
     row_max = np.max(shifted, axis=-1, keepdims=True)
@@ -104,7 +104,7 @@ def dense_attention(query, value, weights, key=None, attention_mask=None):
     key_dim = query_heads.shape[-1]
     logits = np.einsum("bmhd,bnhd->bhmn", query_heads, key_heads) / np.sqrt(key_dim)
     valid = np.ones(logits.shape, bool) if attention_mask is None else np.broadcast_to(attention_mask, logits.shape)
-    attention_weights = _masked_softmax(logits, valid)
+    attention_weights = masked_softmax(logits, valid)
     context = np.einsum("bhmn,bnhd->bmhd", attention_weights, value_heads)  # [B, M, H, vd]
     output = output_projection(context, w["output_kernel"], w["output_bias"])
     return output, attention_weights, logits
@@ -137,7 +137,7 @@ def selected_attention(query, value, weights, indices, key=None, attention_mask=
         full_mask = np.broadcast_to(attention_mask, logits.shape)
         valid &= np.take_along_axis(full_mask, safe, axis=-1)
     slot_logits = np.take_along_axis(logits, safe, axis=-1)  # [B, H, M, k]
-    scores = _masked_softmax(slot_logits, valid)
+    scores = masked_softmax(slot_logits, valid)
     context = np.zeros((batch, queries, heads, value_heads.shape[-1]))
     for b in range(batch):
         for h in range(heads):

@@ -124,7 +124,7 @@ def build_walkthrough(query, value, weights, top_k, value_mask=None, query_mask=
         {"indices": indices, "kept": kept, "slot_valid": valid}))
 
     slot_logits = np.take_along_axis(logits, safe, axis=-1)  # [H, M, k]
-    slot_weights = reference._masked_softmax(slot_logits, valid)
+    slot_weights = reference.masked_softmax(slot_logits, valid)
     steps.append(Step(
         "softmax", "5 · Softmax over the selected keys",
         "The softmax runs over the k kept scores only, so each row of weights sums to 1 over its "
