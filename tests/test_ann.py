@@ -10,18 +10,11 @@ import tensorflow as tf
 
 import sdattn
 import sdattn.ann  # noqa: F401  (registers "ann" until sdattn/__init__ imports it)
+from cases import random_case
 from sdattn import reference
 from sdattn.ann import AnnSelector
 from sdattn.inputs import generate_inputs
 from sdattn.layer import SparseDenseMultiHeadAttention
-
-
-def random_case(rng, batch, queries, keys, query_dim, value_dim, density=0.4):
-    query = rng.normal(size=(batch, queries, query_dim)).astype("float32")
-    query[rng.random(query.shape) > density] = 0.0
-    query[:, :, 0] += 0.5  # no all-zero query row
-    value = rng.normal(size=(batch, keys, value_dim)).astype("float32")
-    return query, value
 
 
 def exact_cosine_top_k(query, keys, k, allowed=None):

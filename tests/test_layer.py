@@ -9,28 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sdattn
+from cases import random_case, paired_layers
 from sdattn import reference
 from sdattn.layer import SparseDenseMultiHeadAttention
 
 BUILT_IN = ["dot", "cosine", "random", "window", "ann"]
-
-
-def random_case(rng, batch, queries, keys, query_dim, value_dim, density=0.4):
-    query = rng.normal(size=(batch, queries, query_dim)).astype("float32")
-    query[rng.random(query.shape) > density] = 0.0
-    query[:, :, 0] += 0.5  # no all-zero query row: cosine must still rank something
-    value = rng.normal(size=(batch, keys, value_dim)).astype("float32")
-    return query, value
-
-
-def paired_layers(num_heads, key_dim, top_k, selector, query, value, **kwargs):
-    """An sdattn layer and a Keras MHA sharing the same weights."""
-    mha = keras.layers.MultiHeadAttention(num_heads, key_dim, **kwargs)
-    mha(query, value)
-    layer = SparseDenseMultiHeadAttention(num_heads, key_dim, top_k, selector=selector, **kwargs)
-    layer(tf.sparse.from_dense(query), value)
-    layer.set_weights(mha.get_weights())
-    return layer, mha
 
 
 ORACLE_SHAPES = [

@@ -10,29 +10,12 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cases import random_case, paired_layers
 from sdattn import hashing, hybrid, learned, metrics, reference  # noqa: F401 (registers the selectors)
 from sdattn.inputs import generate_inputs
 from sdattn.layer import SparseDenseMultiHeadAttention
 
 NEW = ["learned", "lsh", "hybrid"]
-
-
-def random_case(rng, batch, queries, keys, query_dim, value_dim, density=0.4):
-    query = rng.normal(size=(batch, queries, query_dim)).astype("float32")
-    query[rng.random(query.shape) > density] = 0.0
-    query[:, :, 0] += 0.5  # no all-zero query row
-    value = rng.normal(size=(batch, keys, value_dim)).astype("float32")
-    return query, value
-
-
-def paired_layers(num_heads, key_dim, top_k, selector, query, value, **kwargs):
-    """An sdattn layer and a Keras MHA sharing the attention weights; the selector keeps its own."""
-    mha = keras.layers.MultiHeadAttention(num_heads, key_dim, **kwargs)
-    mha(query, value)
-    layer = SparseDenseMultiHeadAttention(num_heads, key_dim, top_k, selector=selector, **kwargs)
-    layer(tf.sparse.from_dense(query), value)
-    layer.set_weights(mha.get_weights() + layer.get_weights()[8:])
-    return layer, mha
 
 
 def masked_softmax(logits, valid):
