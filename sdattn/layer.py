@@ -246,12 +246,10 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
 
     def _standardize_inputs(self, query, value, key):
         dtype = self.compute_dtype
-        if not tf.as_dtype(value.dtype).is_floating:
-            raise TypeError(f"Argument `value` must be a float tensor. Received: value.dtype={tf.as_dtype(value.dtype).name}")
-        if not tf.as_dtype(key.dtype).is_floating:
-            raise TypeError(f"Argument `key` must be a float tensor. Received: key.dtype={tf.as_dtype(key.dtype).name}")
-        if not tf.as_dtype(query.dtype).is_floating:
-            raise TypeError(f"Argument `query` must be a float tensor. Received: query.dtype={tf.as_dtype(query.dtype).name}")
+        for name, tensor in (("value", value), ("key", key), ("query", query)):
+            if not tf.as_dtype(tensor.dtype).is_floating:
+                raise TypeError(f"Argument `{name}` must be a float tensor. "
+                                f"Received: {name}.dtype={tf.as_dtype(tensor.dtype).name}")
         self._check_ranks(tuple(query.shape), tuple(value.shape), tuple(key.shape))
         if _is_sparse(query):
             if query.dtype != dtype:
