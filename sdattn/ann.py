@@ -2,7 +2,9 @@
 Shared by all heads; one index per key set, cached by content, searched outside the TF graph."""
 
 import collections
+import concurrent.futures
 import math
+import os
 import numbers
 import threading
 import time
@@ -29,6 +31,8 @@ _STORAGES = ("auto", "flat", "sq8")
 
 _gpu_lock = threading.Lock()
 _gpu_resources = None
+_hash_pool = None
+_hash_pool_lock = threading.Lock()
 
 
 def _faiss():
@@ -137,6 +141,20 @@ def _fingerprint(keys, key_valid):
     return digest.digest()
 
 
+def _fingerprints(keys, key_mask):
+    """`_fingerprint` of every batch item, hashed in parallel threads (xxhash releases the GIL)."""
+    global _hash_pool
+    items = [(keys[item], None if key_mask is None else np.asarray(key_mask[item], bool))
+             for item in range(keys.shape[0])]
+    if len(items) < 2:
+        return [_fingerprint(*item) for item in items]
+    with _hash_pool_lock:
+        if _hash_pool is None:
+            _hash_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="sdattn-ann-hash")
+    return list(_hash_pool.map(lambda item: _fingerprint(*item), items))
+
+
 @register_selector(
     "ann", "Approximate nearest neighbours of the raw query among the raw keys (Faiss IVF or "
     "HNSW, cosine or inner product), shared by all heads: the fast path at large N.")
@@ -169,9 +187,10 @@ class AnnSelector(Selector):
             `"hnsw"` (graph, `IndexHNSWFlat`/`IndexHNSWSQ`) or `"exact"` (`IndexFlatIP`).
         nlist: IVF lists; None gives round(4·sqrt(n)), the rule that measured recall 1.0 on
             Config P at 16K and 64K keys.
-        nprobe: IVF lists searched per query; None gives max(8, ceil(nlist / 128)): on Config P,
-            8 of 1,024 lists reach recall@32 = 1.0 at 64K keys; at 1M keys 8 of 4,096 give 0.81
-            and the default 32 gives 1.0.
+        nprobe: IVF lists searched per query; None gives the larger of ceil(nlist / 128) and
+            enough lists to hold about 4·k keys, ceil(4·k·nlist / n). On Config P (recall@32
+            against exact cosine): 8 of 256 lists at 4K keys, 4 of 512 at 16K (0.998), 8 of
+            1,024 at 64K (1.0), 32 of 4,096 at 1M (1.0, where 8 give only 0.81).
         ef_search: HNSW search breadth; None gives max(64, 2·k).
         hnsw_neighbors: HNSW graph degree (Faiss's M).
         exact_threshold: at most this many valid keys, search exactly: an index would not
@@ -191,6 +210,8 @@ class AnnSelector(Selector):
         epsilon: added to norms, so that all-zero rows score 0, not NaN (as `cosine`).
         **kwargs: base `Selector` / `keras.layers.Layer` arguments.
     """
+
+    row_wise = True
 
     def __init__(self, metric="cosine", index_type="ivf", nlist=None, nprobe=None, ef_search=None,
                  hnsw_neighbors=32, exact_threshold=8192, storage="auto", oversample=2.0,
@@ -329,6 +350,7 @@ class AnnSelector(Selector):
             return selected
         if self.metric == "cosine":
             query = query / (np.linalg.norm(query, axis=-1, keepdims=True) + np.float32(self.epsilon))
+        fingerprints = _fingerprints(keys, key_mask)
         for batch_item in range(batch):
             rows = (np.arange(num_queries) if query_mask is None
                     else np.flatnonzero(np.asarray(query_mask[batch_item])))
@@ -337,7 +359,8 @@ class AnnSelector(Selector):
                 continue
             item_mask = None if attention_mask is None else attention_mask[min(batch_item, attention_mask.shape[0] - 1)]
             selected[batch_item] = self._select_item(
-                query[batch_item], keys[batch_item], key_valid, rows, item_mask, causal, k, mask_heads)
+                query[batch_item], keys[batch_item], key_valid, rows, item_mask, causal, k, mask_heads,
+                fingerprints[batch_item])
         return selected
 
     def _rescored(self, entry, keys, positions, row_queries):
@@ -347,7 +370,7 @@ class AnnSelector(Selector):
             scores /= entry.key_norms[positions] + np.float32(self.epsilon)
         return scores
 
-    def _select_item(self, query, keys, key_valid, rows, item_mask, causal, k, mask_heads):
+    def _select_item(self, query, keys, key_valid, rows, item_mask, causal, k, mask_heads, fingerprint=None):
         """Selection for one batch item: `[S, M, k]` int32, -1 where empty."""
         num_queries, num_keys = query.shape[0], keys.shape[0]
         result = np.full((mask_heads, num_queries, k), -1, np.int32)
@@ -364,7 +387,7 @@ class AnnSelector(Selector):
                 head_mask = None if item_mask is None else item_mask[head]
                 result[head, rows] = self._exact_rows(keys, key_valid, row_queries, rows, causal, head_mask, k)
             return result
-        entry, _ = self._entry(keys, key_valid)
+        entry, _ = self._entry(keys, key_valid, fingerprint)
         scores, candidates = self._search(entry, row_queries, fetch)  # [r, fetch] each
         if entry.key_ids is not None:
             candidates = np.where(candidates >= 0, entry.key_ids[np.maximum(candidates, 0)], -1)
@@ -458,11 +481,13 @@ class AnnSelector(Selector):
             storage = "flat" if num_valid * keys.shape[1] * 4 <= _AUTO_FLAT_BYTES else "sq8"
         return self.index_type, storage
 
-    def _entry(self, keys, key_valid):
-        """The cached index of one batch item's keys, building it on a miss: `(entry, seconds)`."""
+    def _entry(self, keys, key_valid, fingerprint=None):
+        """The cached index of one batch item's keys, building it on a miss: `(entry, seconds)`.
+
+        `fingerprint` is the keys' `_fingerprint` when the caller has it already."""
         num_valid = keys.shape[0] if key_valid is None else int(key_valid.sum())
         kind, storage = self._build_signature(keys, num_valid)
-        fingerprint = (_fingerprint(keys, key_valid), self.metric, kind, storage, self.nlist,
+        fingerprint = (fingerprint or _fingerprint(keys, key_valid), self.metric, kind, storage, self.nlist,
                        self.hnsw_neighbors, self.train_points_per_centroid, self.kmeans_iterations)
         entry = self._index_cache.get(fingerprint)
         if entry is not None:
@@ -535,7 +560,8 @@ class AnnSelector(Selector):
         params = None
         if entry.kind == "ivf":
             nlist = faiss.extract_index_ivf(entry.index).nlist
-            nprobe = min(self.nprobe or max(8, math.ceil(nlist / 128)), nlist)
+            default = max(1, math.ceil(nlist / 128), math.ceil(4 * fetch * nlist / max(entry.num_valid, 1)))
+            nprobe = min(self.nprobe or default, nlist)
             params = faiss.SearchParametersIVF(nprobe=nprobe)
         elif entry.kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=self.ef_search or max(64, 2 * fetch))

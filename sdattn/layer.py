@@ -1,6 +1,7 @@
 """SparseDenseMultiHeadAttention: sparse query rows attend over dense tokens through top-k keys.
 Same weights and masking semantics as `keras.layers.MultiHeadAttention`; attention touches k keys per query."""
 
+import math
 import numbers
 
 import keras
@@ -11,12 +12,20 @@ from keras.src.backend.common.masking import set_keras_mask
 
 from sdattn.arguments import positive_int
 from sdattn import selection as selection_lib
+from sdattn.distinct import can_share_rows, distinct_rows
 from sdattn.masking import AttentionMask
 
 
 # Gathered raw rows [B, M, k, D] above this many elements per batch item (128 MB of float32)
 # take the projecting path instead of the folded one.
 _FOLD_GATHER_ELEMENTS = 2**25
+# A sparse query of at most this many elements is also densified (64 MB of float32): for the
+# projection when dense is faster, and to find equal rows.
+_DENSIFY_ELEMENTS = 2**24
+# Below this density `sparse_dense_matmul` projects the query faster than a dense matmul. On
+# the 2-core CPU, at B·M = 1,024 rows, Dq = 256, H·kd = 256, 3% dense: 1.78 ms sparse, 0.84 ms
+# densified (scatter + matmul); the sparse kernel's cost grows with the non-zeros only.
+_DENSE_PROJECTION_DENSITY = 0.01
 
 
 def _large_negative_number(dtype):
@@ -218,7 +227,8 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         mask = self._attention_mask(query, value, query_mask, value_mask, key_mask,
                                     attention_mask, use_causal_mask)
 
-        projected_query = self._project_query(query)  # [B, M, H, kd]
+        dense_query = self._densified(query)  # [B, M, Dq], or None when too large
+        projected_query = self._project_query(query, dense_query)  # [B, M, H, kd]
         projected_query = projected_query * tf.cast(self._key_dim ** -0.5, projected_query.dtype)
         context = selection_lib.SelectionContext(
             query=query, key=key, projected_query=projected_query,
@@ -226,11 +236,18 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             training=training)
         num_keys = key.shape[1]
         slots = self._top_k if num_keys is None else min(self._top_k, num_keys)
-        indices, slot_valid = self._select(context, slots)  # [B, H|1, M, k] each
+        indices, slot_valid, slot_logits = self._select(context, slots, dense_query)  # [B, H|1, M, k] each
         bias = self.selector.attention_bias(context, tf.where(slot_valid, indices, 0))
         if self._should_fold(context, indices, slots):
             attention_output, scores = self._attend_folded(
                 projected_query, key, value, indices, slot_valid, bias, training)
+        elif slot_logits is not None and training is not True and not self._overrides_attention():
+            # The selector's scores are the logits already: no key is gathered, no q·k redone.
+            # (Not while training: the logits' gradient would then go through top-k, which
+            # builds a dense [B, H, M, block] gradient per key block.)
+            selected_value = self._selected_values(value, indices, slots)  # [B, H, M, k, vd]
+            scores, weights = self._slot_weights(slot_logits, slot_valid, bias, training)
+            attention_output = tf.einsum("bhmk,bhmkd->bmhd", weights, selected_value)  # [B, M, H, vd]
         else:
             selected_key, selected_value = self._selected_projections(context, key, value, indices, slots)
             attention_output, scores = self._compute_attention(
@@ -308,10 +325,39 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         return AttentionMask(num_queries, num_keys, query_mask=query_mask, key_mask=combined_key_mask,
                              attention_mask=attention_mask, causal=bool(use_causal_mask))
 
-    def _project_query(self, query):
-        """Projects the query into heads: `[B, M, Dq]` → `[B, M, H, kd]`, never densifying a sparse one."""
+    @staticmethod
+    def _densified(query):
+        """The query as a dense tensor `[B, M, Dq]`: itself if dense; a sparse one only when its
+        static size is at most `_DENSIFY_ELEMENTS` (else None). Duplicate indices add up."""
+        if not _is_sparse(query):
+            return query
+        if any(size is None for size in query.shape) or math.prod(query.shape) > _DENSIFY_ELEMENTS:
+            return None
+        dense = tf.scatter_nd(query.indices, query.values, tf.cast(query.dense_shape, tf.int64))  # [B, M, Dq]
+        return tf.ensure_shape(dense, query.shape)
+
+    def _project_query(self, query, dense_query=None):
+        """Projects the query into heads: `[B, M, Dq]` → `[B, M, H, kd]`.
+
+        A sparse query goes through `sparse_dense_matmul` below `_DENSE_PROJECTION_DENSITY`
+        non-zeros, and through its densified copy (when there is one) above, whichever is
+        faster at that density; a large sparse query is never densified.
+        """
         if not _is_sparse(query):
             return self._query_dense(query)
+        if dense_query is None:
+            return self._sparse_projection(query)
+        density = tf.cast(tf.size(query.values), tf.float32) / float(max(math.prod(query.shape), 1))
+        if tf.executing_eagerly():
+            use_sparse = bool(density < _DENSE_PROJECTION_DENSITY)
+            return self._sparse_projection(query) if use_sparse else self._query_dense(dense_query)
+        projected = tf.cond(density < _DENSE_PROJECTION_DENSITY,
+                            lambda: self._sparse_projection(query),
+                            lambda: self._query_dense(dense_query))
+        return tf.ensure_shape(projected, (query.shape[0], query.shape[1], self._num_heads, self._key_dim))
+
+    def _sparse_projection(self, query):
+        """`sparse_dense_matmul` projection of a sparse query: `[B, M, Dq]` → `[B, M, H, kd]`."""
         kernel = tf.cast(self._query_dense.kernel, self.compute_dtype)  # [Dq, H, kd]
         query_dim = kernel.shape[0]
         shape = tf.shape(query, out_type=tf.int64)
@@ -336,9 +382,19 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         product = tf.sparse.sparse_dense_matmul(as_float32, tf.cast(dense, tf.float32))
         return tf.cast(product, dense.dtype)
 
-    def _select(self, context, slots):
-        """Runs the selector, then marks slots the mask forbids: `(indices, valid)`, `[B, S, M, k]`."""
-        indices = tf.cast(self.selector.select(context, slots), tf.int32)  # [B, S, M, k]
+    def _overrides_attention(self):
+        return type(self)._compute_attention is not SparseDenseMultiHeadAttention._compute_attention
+
+    def _select(self, context, slots, dense_query=None):
+        """Runs the selector, then marks slots the mask forbids.
+
+        Returns:
+            `(indices, valid, logits)`: indices and valid `[B, S, M, k]` (in-range positions,
+            and whether each slot may be attended); logits `[B, S, M, k]` when the selector's
+            scores are the attention logits (see `Selector.select_scored`), else None.
+        """
+        indices, logits = self._selector_indices(context, slots, dense_query)
+        indices = tf.cast(indices, tf.int32)  # [B, S, M, k]
         if indices.shape.rank != 4 or indices.shape[-1] not in (None, slots):
             received = "unknown" if indices.shape.rank is None else tuple(indices.shape)
             raise ValueError(
@@ -358,8 +414,31 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         # Keep the selection-head count static (1 = shared, H = per head) for `_gather_heads`.
         heads = max(safe_indices.shape[1], valid.shape[1] or 1)
         static_shape = (None, heads, None, slots)
+        if logits is not None:
+            if logits.shape.rank != 4 or logits.shape[1] != indices.shape[1]:
+                logits = None  # not aligned with the slots: recompute q·k instead
+            else:
+                logits = tf.ensure_shape(tf.broadcast_to(tf.cast(logits, self.compute_dtype), target), static_shape)
         return (tf.ensure_shape(tf.broadcast_to(safe_indices, target), static_shape),
-                tf.ensure_shape(tf.broadcast_to(valid, target), static_shape))
+                tf.ensure_shape(tf.broadcast_to(valid, target), static_shape), logits)
+
+    def _selector_indices(self, context, slots, dense_query):
+        """The selector's `(indices, logits or None)`, `[B, S, M, k]`, computed once per distinct
+        query row when it may be.
+
+        A `row_wise` selector's choice for a row depends only on that row's content, so equal
+        rows of a batch item (no causal or explicit attention mask to tell them apart) get the
+        same keys: the selector then runs on the distinct rows only, and the result is copied
+        back. Queries drawn from a few hundred topics, or repeated prompts, repeat rows often.
+        """
+        mask = context.mask
+        if (dense_query is None or not getattr(self.selector, "row_wise", False)
+                or not can_share_rows(dense_query, mask.attention_mask, mask.causal)):
+            return self.selector.select_scored(context, slots)
+        rows = distinct_rows(dense_query)
+        distinct = context.restricted_to(rows.representatives, dense_query)
+        indices, logits = self.selector.select_scored(distinct, slots)  # [B, S, U, k] each
+        return rows.expand(indices), (None if logits is None else rows.expand(logits))  # [B, S, M, k]
 
     def _gather_heads(self, projected, indices):
         """Gathers each head's selected rows: `[B, N, H, d]` at `[B, S, M, k]` → `[B, H, M, k, d]`."""
@@ -390,11 +469,16 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             selected_key = self._gather_heads(context.projected_key, indices)  # [B, H, M, k, kd]
         else:
             selected_key = self._project_selected(key, self._key_dense, indices)  # [B, H, M, k, kd]
-        if select_rows:
-            selected_value = self._project_selected(value, self._value_dense, indices)  # [B, H, M, k, vd]
-        else:
-            selected_value = self._gather_heads(self._value_dense(value), indices)  # [B, H, M, k, vd]
-        return selected_key, selected_value
+        return selected_key, self._selected_values(value, indices, slots)
+
+    def _selected_values(self, value, indices, slots):
+        """Projected values of the selected slots, `[B, H, M, k, vd]`: only the selected tokens
+        are projected when they are fewer than all N, else all tokens once, then gathered."""
+        num_keys, num_queries = value.shape[1], indices.shape[2]
+        if (num_keys is not None and num_queries is not None
+                and indices.shape[1] * num_queries * slots < num_keys):
+            return self._project_selected(value, self._value_dense, indices)  # [B, H, M, k, vd]
+        return self._gather_heads(self._value_dense(value), indices)  # [B, H, M, k, vd]
 
     def _should_fold(self, context, indices, slots):
         """Whether to fold the key and value kernels into the query side (see `_attend_folded`).
@@ -403,8 +487,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         already, when `_compute_attention` is not overridden, and when it costs fewer
         multiply-adds than projecting the selected tokens.
         """
-        if (indices.shape[1] != 1 or context.has_projected_key
-                or type(self)._compute_attention is not SparseDenseMultiHeadAttention._compute_attention):
+        if indices.shape[1] != 1 or context.has_projected_key or self._overrides_attention():
             return False
         num_queries, num_keys = context.num_queries, context.num_keys
         if not isinstance(num_queries, int) or not isinstance(num_keys, int):
@@ -443,23 +526,32 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         selected_keys = tf.reshape(selected_keys, tf.stack([batch, num_queries, slots, key.shape[-1]]))  # [B, M, k, Dk]
         key_kernel = tf.cast(self._key_dense.kernel, query.dtype)  # [Dk, H, kd]
         folded_query = tf.einsum("bmhe,dhe->bmhd", query, key_kernel)  # [B, M, H, Dk]
-        logits = tf.einsum("bmhd,bmkd->bhmk", folded_query, selected_keys)  # [B, H, M, k]
+        # Rows stay [B, M, H, k] until the end: one batched matmul per query, no transposes.
+        logits = tf.matmul(folded_query, selected_keys, transpose_b=True)  # [B, M, H, k]
         if self._use_bias:
+            # q·b_K, the same for every slot of a (query, head) row: the softmax ignores it, but
+            # it keeps Keras's logits (and the key bias's gradient, zero, defined).
             key_bias = tf.cast(self._key_dense.bias, query.dtype)  # [H, kd]
-            logits = logits + tf.transpose(tf.einsum("bmhe,he->bmh", query, key_bias), [0, 2, 1])[..., None]
-        scores, weights = self._slot_weights(logits, slot_valid, bias, training)
+            logits = logits + tf.einsum("bmhe,he->bmh", query, key_bias)[..., None]
+        by_query = [0, 2, 1, 3]  # [B, H, M, k] ↔ [B, M, H, k]
+        slot_valid = tf.transpose(slot_valid, by_query)  # [B, M, S', k]
+        if bias is not None:
+            bias = tf.convert_to_tensor(bias)
+            bias = tf.reshape(bias, tf.concat([tf.ones([4 - bias.shape.rank], tf.int32), tf.shape(bias)], 0))  # rank 4
+            bias = tf.transpose(bias, by_query)  # [B, M, S', k]
+        scores, weights = self._slot_weights(logits, slot_valid, bias, training)  # [B, M, H, k] each
         if value is key:
             selected_values = selected_keys  # [B, M, k, Dv]
         else:
             selected_values = tf.gather(value, flat, batch_dims=1)  # [B, M·k, Dv]
             selected_values = tf.reshape(selected_values, tf.stack([batch, num_queries, slots, value.shape[-1]]))  # [B, M, k, Dv]
-        mixed_tokens = tf.einsum("bhmk,bmkd->bmhd", weights, selected_values)  # [B, M, H, Dv]
+        mixed_tokens = tf.matmul(weights, selected_values)  # [B, M, H, Dv]
         value_kernel = tf.cast(self._value_dense.kernel, query.dtype)  # [Dv, H, vd]
         attention_output = tf.einsum("bmhd,dhe->bmhe", mixed_tokens, value_kernel)  # [B, M, H, vd]
         if self._use_bias:
-            weight_sums = tf.transpose(tf.reduce_sum(weights, axis=-1), [0, 2, 1])  # [B, M, H]
+            weight_sums = tf.reduce_sum(weights, axis=-1)  # [B, M, H]
             attention_output = attention_output + weight_sums[..., None] * tf.cast(self._value_dense.bias, query.dtype)
-        return attention_output, scores
+        return attention_output, tf.transpose(scores, by_query)  # [B, H, M, k]
 
     def _slot_weights(self, logits, slot_valid, bias=None, training=None):
         """Masked softmax over the slots, then dropout: `(scores, weights)`, each `[B, H, M, k]`."""

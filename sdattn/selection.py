@@ -6,6 +6,8 @@ import math
 import keras
 import tensorflow as tf
 
+from sdattn.masking import AttentionMask
+
 _REGISTRY = {}
 _DESCRIPTIONS = {}
 
@@ -131,7 +133,7 @@ def _masked(scores, mask):
     return tf.where(mask, scores, tf.constant(-math.inf, scores.dtype))
 
 
-def streamed_top_k(block_scores, num_keys, block_size, k):
+def streamed_top_k(block_scores, num_keys, block_size, k, return_values=False):
     """Exact top-k over keys `[0, num_keys)` scored one block at a time, with a running merge.
 
     Memory stays O(M·k + block) whatever N is: each block's top-k is merged into the running
@@ -143,9 +145,11 @@ def streamed_top_k(block_scores, num_keys, block_size, k):
         num_keys: N, a Python int.
         block_size: keys per block.
         k: Python int, at most `num_keys`.
+        return_values: also return the selected scores.
 
     Returns:
-        int32 `[B, S, M, k]` key positions, by decreasing score.
+        int32 `[B, S, M, k]` key positions, by decreasing score; with `return_values`,
+        `(scores, positions)`, each `[B, S, M, k]`.
     """
     best_values = best_indices = None
     for start in range(0, num_keys, block_size):
@@ -164,7 +168,7 @@ def streamed_top_k(block_scores, num_keys, block_size, k):
         merged_indices = tf.concat([best_indices, indices], axis=-1)
         best_values, order = tf.math.top_k(merged_values, k=min(k, merged_values.shape[-1]))
         best_indices = tf.gather(merged_indices, order, batch_dims=3)
-    return best_indices
+    return (best_values, best_indices) if return_values else best_indices
 
 
 def masked_top_k(scores, k, mask=None):
@@ -201,6 +205,8 @@ class SelectionContext:
         mask: the `AttentionMask` of this call.
         num_heads: H.
         num_queries: M (Python int when static).
+        max_queries: a static upper bound of M (Python int), or None: for block sizes when M is
+            only known at run time (the distinct rows of a batch are at most its rows).
         num_keys: N (Python int when static).
         training: the Keras training flag.
     """
@@ -215,6 +221,7 @@ class SelectionContext:
         self.num_heads = num_heads
         self.training = training
         self.num_queries = query.shape[1] if query.shape[1] is not None else tf.shape(query)[1]
+        self.max_queries = query.shape[1]
         self.num_keys = key.shape[1] if key.shape[1] is not None else tf.shape(key)[1]
         self.cache = {}
 
@@ -232,6 +239,29 @@ class SelectionContext:
     @property
     def is_sparse(self):
         return isinstance(self.query, tf.SparseTensor)
+
+    def restricted_to(self, rows, dense_query):
+        """The context of some query rows only, for selecting once per distinct row.
+
+        The query becomes the dense rows `rows` of `dense_query`; the keys, their lazy
+        projection (shared, so it is still computed at most once) and the key mask stay. The
+        query mask is dropped: a masked row's slots are marked invalid by the layer anyway, and
+        an equal unmasked row must still get its real selection.
+
+        Args:
+            rows: int32 `[B, U]` row positions in each batch item.
+            dense_query: float `[B, M, Dq]`, the query as a dense tensor.
+
+        Returns:
+            A `SelectionContext` with U query rows.
+        """
+        query = tf.gather(dense_query, rows, batch_dims=1)  # [B, U, Dq]
+        projected_query = tf.gather(self.projected_query, rows, batch_dims=1)  # [B, U, H, kd]
+        mask = AttentionMask(tf.shape(rows)[1], self.num_keys, key_mask=self.mask.key_mask)
+        distinct = SelectionContext(query, self.key, projected_query, lambda: self.projected_key, mask,
+                                    self.num_heads, training=self.training)
+        distinct.max_queries = self.max_queries
+        return distinct
 
 
 class Selector(keras.layers.Layer):
@@ -258,6 +288,12 @@ class Selector(keras.layers.Layer):
 
     #: Whether each head selects its own keys (True) or all heads share one selection.
     per_head = False
+    #: Whether a row's selection depends only on that row's content (and the keys), not on its
+    #: position or on other rows: the layer then selects once per distinct query row.
+    row_wise = False
+    #: Whether `scores` are exactly the attention logits q·k of the layer (projected, scaled
+    #: query times projected key): `select_scored` then hands them to the layer.
+    scores_are_logits = False
     selector_name = "custom"
 
     def __init__(self, block_size=None, **kwargs):
@@ -278,6 +314,21 @@ class Selector(keras.layers.Layer):
             context: the `SelectionContext`.
             k: the static number of slots, `min(top_k, N)` (or `top_k` when N is unknown).
         """
+        return self._streamed(context, k, return_values=False)
+
+    def select_scored(self, context, k):
+        """`(indices, logits)`: the selection, and the attention logits of its slots when this
+        selector's scores are exactly those logits (`scores_are_logits`), else None.
+
+        The layer then skips gathering the selected keys and recomputing q·k. Masked slots may
+        hold `-inf`; the layer masks them. Same arguments as `select`.
+        """
+        if not self.scores_are_logits or not isinstance(context.num_keys, int):
+            return self.select(context, k), None
+        values, indices = self._streamed(context, k, return_values=True)
+        return indices, values
+
+    def _streamed(self, context, k, return_values):
         num_keys = context.num_keys
         if not isinstance(num_keys, int):
             # Unknown N: one block, padded so top_k always has k columns.
@@ -291,12 +342,12 @@ class Selector(keras.layers.Layer):
             return tf.ensure_shape(indices, static_shape.concatenate([k]))  # [B, S, M, k]
         return streamed_top_k(
             lambda start, stop: _masked(self.scores(context, start, stop), context.mask.block(start, stop)),
-            num_keys, self._block_size(context, k), k)
+            num_keys, self._block_size(context, k), k, return_values=return_values)
 
     def _block_size(self, context, k):
         if self.block_size:
             return max(int(self.block_size), 1)
-        num_queries = context.num_queries if isinstance(context.num_queries, int) else 1024
+        num_queries = context.max_queries or 1024
         rows = num_queries * (context.num_heads if self.per_head else 1)
         return max(k, _BLOCK_ELEMENTS // max(rows, 1))
 
@@ -319,6 +370,8 @@ class DotSelector(Selector):
     """
 
     per_head = True
+    row_wise = True
+    scores_are_logits = True
 
     def scores(self, context, start, stop):
         key_block = context.projected_key[:, start:stop]  # [B, n, H, kd]
@@ -359,6 +412,8 @@ class CosineSelector(Selector):
         sparse_density: query density below which the sparse matmul is used.
     """
 
+    row_wise = True
+
     def __init__(self, epsilon=1e-9, sparse_density=0.01, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
@@ -367,29 +422,38 @@ class CosineSelector(Selector):
     def _raw_space(self, context):
         return context.query.shape[-1] is not None and context.query.shape[-1] == context.key.shape[-1]
 
+    def _unit_rows(self, rows):
+        """Rows divided by their L2 norm (plus epsilon): all-zero rows stay zero."""
+        return rows / (_row_l2_norm(rows)[..., None] + tf.constant(self.epsilon, rows.dtype))
+
     def _prepared_query(self, context):
-        """`(kind, query, norms)`: kind "sparse", "dense" or "adaptive" (decided per block in graphs)."""
+        """`(kind, unit query)`: kind "sparse", "dense" or "adaptive" (decided per block in graphs).
+
+        The query rows are normalised here, once, and each key block in `scores`, so the
+        cosine is a plain product and no `[B, M, n]` score tensor is rescaled elementwise.
+        """
         if "cosine_query" in context.cache:
             return context.cache["cosine_query"]
         query = context.query
         if not self._raw_space(context):
             mean_query = tf.reduce_mean(context.projected_query, axis=2)  # [B, M, kd]
-            prepared = ("dense", mean_query, _row_l2_norm(mean_query))
+            prepared = ("dense", self._unit_rows(mean_query))
         elif not isinstance(query, tf.SparseTensor):
-            prepared = ("dense", query, _row_l2_norm(query))
+            prepared = ("dense", self._unit_rows(query))
         else:
             squares = tf.SparseTensor(query.indices, tf.square(query.values), query.dense_shape)
             norms = tf.sqrt(tf.sparse.reduce_sum(squares, axis=-1))  # [B, M]
-            norms = tf.ensure_shape(norms, query.shape[:2])  # graph-mode sparse sums lose the rank
+            row_scale = 1.0 / (tf.gather_nd(norms, query.indices[:, :2]) + tf.constant(self.epsilon, norms.dtype))  # [nnz]
+            query = tf.SparseTensor(query.indices, query.values * row_scale, query.dense_shape)
             static_size = math.prod(d or 0 for d in query.shape)
             if static_size > _BLOCK_ELEMENTS or self.sparse_density <= 0:
-                prepared = ("sparse", query, norms)  # densifying could need a lot of memory
+                prepared = ("sparse", query)  # densifying could need a lot of memory
             elif tf.executing_eagerly():
                 density = float(tf.size(query.values)) / max(float(tf.reduce_prod(query.dense_shape)), 1.0)
                 kind = "sparse" if density < self.sparse_density else "dense"
-                prepared = (kind, query if kind == "sparse" else tf.sparse.to_dense(query), norms)
+                prepared = (kind, query if kind == "sparse" else tf.sparse.to_dense(query))
             else:
-                prepared = ("adaptive", query, norms)
+                prepared = ("adaptive", query)
         context.cache["cosine_query"] = prepared
         return prepared
 
@@ -401,25 +465,23 @@ class CosineSelector(Selector):
         return tf.reshape(dots, tf.stack([batch, -1, num_block_keys]))  # [B, M, n]
 
     def scores(self, context, start, stop):
-        kind, query, query_norms = self._prepared_query(context)
+        kind, query = self._prepared_query(context)
         if self._raw_space(context):
             key_block = context.key[:, start:stop]  # [B, n, Dk]
         else:
             key_block = tf.reduce_mean(context.projected_key[:, start:stop], axis=2)  # [B, n, kd]
-        key_norms = _row_l2_norm(key_block)  # [B, n]
+        key_block = self._unit_rows(key_block)  # [B, n, D]
         if kind == "sparse":
-            dots = self._sparse_dots(query, key_block)
+            cosine = self._sparse_dots(query, key_block)
         elif kind == "dense":
-            dots = tf.einsum("bmd,bnd->bmn", query, key_block)  # [B, M, n]
+            cosine = tf.einsum("bmd,bnd->bmn", query, key_block)  # [B, M, n]
         else:
             density = tf.cast(tf.size(query.values), tf.float64) / tf.cast(
                 tf.maximum(tf.reduce_prod(query.dense_shape), 1), tf.float64)
-            dots = tf.cond(density < self.sparse_density,
-                           lambda: self._sparse_dots(query, key_block),
-                           lambda: tf.einsum("bmd,bnd->bmn", tf.sparse.to_dense(query), key_block))
-            dots = tf.ensure_shape(dots, (query.shape[0], query.shape[1], key_block.shape[1]))  # [B, M, n]
-        epsilon = tf.constant(self.epsilon, dots.dtype)
-        cosine = dots / (query_norms[:, :, None] * key_norms[:, None, :] + epsilon)
+            cosine = tf.cond(density < self.sparse_density,
+                             lambda: self._sparse_dots(query, key_block),
+                             lambda: tf.einsum("bmd,bnd->bmn", tf.sparse.to_dense(query), key_block))
+            cosine = tf.ensure_shape(cosine, (query.shape[0], query.shape[1], key_block.shape[1]))  # [B, M, n]
         return cosine[:, None]  # [B, 1, M, n]
 
     def get_config(self):

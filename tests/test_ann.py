@@ -85,7 +85,7 @@ def test_oracle_matches_keras_mha_when_every_key_is_selected(shape, sparse_query
 # ---- recall on Config P -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("num_keys,selector", [
-    (16_384, {}),  # the defaults: IVF-Flat, nlist = 512, nprobe = 8
+    (16_384, {}),  # the defaults: IVF-Flat, nlist = 512, nprobe = 4
     (4_096, {"exact_threshold": 0}),  # IVF forced at a small N (nlist = 256)
     (4_096, {"exact_threshold": 0, "storage": "sq8"}),  # 8-bit codes, exact re-scoring
     (4_096, {"exact_threshold": 0, "index_type": "hnsw"}),
