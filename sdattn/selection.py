@@ -11,8 +11,14 @@ from sdattn.masking import AttentionMask
 _REGISTRY = {}
 _DESCRIPTIONS = {}
 
-# Scores of about 16 M float32 (64 MB) per block keep selection memory bounded at large N.
+# Scores of about 16 M float32 (64 MB) per batch item and block keep selection memory bounded
+# at large N.
 _BLOCK_ELEMENTS = 2**24
+# Per-head selectors get 4× that (256 MB per batch item): each block costs a few `top_k` calls
+# over H·M rows, and TF's CPU top_k has a fixed cost per row, so small blocks are slow. Measured
+# for exact `dot` on Config P at N = 65,536 (B·H·M = 8,192 rows): 1,032 ms with blocks of 4,096
+# keys, 511 ms with 16,384 (Keras MHA: 503 ms, naive top-k: 771 ms).
+_PER_HEAD_BLOCK_ELEMENTS = 2**26
 
 
 def register_selector(name, description):
@@ -284,6 +290,13 @@ class Selector(keras.layers.Layer):
 
     Register a custom selector with `keras.saving.register_keras_serializable()` so that it
     survives `.keras` save/load; keep `get_config` equal to its constructor arguments.
+
+    Args:
+        block_size: keys scored per block. None sizes blocks to about 16 M scores per batch
+            item (64 MB in float32), or 64 M (256 MB) for a per-head selector, whose blocks are
+            dominated by TF's per-row `top_k` cost; smaller blocks use less memory, larger
+            ones fewer `top_k` calls.
+        **kwargs: `keras.layers.Layer` arguments.
     """
 
     #: Whether each head selects its own keys (True) or all heads share one selection.
@@ -345,11 +358,13 @@ class Selector(keras.layers.Layer):
             num_keys, self._block_size(context, k), k, return_values=return_values)
 
     def _block_size(self, context, k):
+        """Keys per block: `block_size`, else a score budget per batch item over the rows."""
         if self.block_size:
             return max(int(self.block_size), 1)
         num_queries = context.max_queries or 1024
-        rows = num_queries * (context.num_heads if self.per_head else 1)
-        return max(k, _BLOCK_ELEMENTS // max(rows, 1))
+        if self.per_head:
+            return max(k, _PER_HEAD_BLOCK_ELEMENTS // max(num_queries * context.num_heads, 1))
+        return max(k, _BLOCK_ELEMENTS // max(num_queries, 1))
 
     def attention_bias(self, context, indices):
         """Optional additive term for the logits of the selected slots, `[B, S, M, k]`, or None."""
