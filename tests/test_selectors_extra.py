@@ -401,3 +401,26 @@ def test_hybrid_extremes_are_dot_and_window(window_fraction, equivalent):
     _, _, hybrid_indices = hybrid_layer(sparse_query, value, return_attention_scores=True)
     _, _, other_indices = other_layer(sparse_query, value, return_attention_scores=True)
     assert index_sets(hybrid_indices.numpy()) == index_sets(other_indices.numpy())
+
+
+def test_hybrid_fetch_then_drop_equals_ranking_taken_keys_last():
+    """Streamed over blocks, hybrid fetches w extra keys and drops the window's afterwards; in
+    one block it ranks them last while scoring. Both must pick the same keys in the same order."""
+    rng = np.random.default_rng(11)
+    query, value = random_case(rng, 2, 6, 40, 5, 5)
+    value_mask = rng.random((2, 40)) > 0.3
+    chosen = {"name": "hybrid", "window_fraction": 0.5, "block_size": 7}  # 6 blocks
+    layer = SparseDenseMultiHeadAttention(2, 4, 8, selector=chosen)
+    baseline = SparseDenseMultiHeadAttention(2, 4, 8, selector={"name": "hybrid", "window_fraction": 0.5})
+    sparse = tf.sparse.from_dense(query)
+    baseline(sparse, value)
+    layer(sparse, value)
+    layer.set_weights(baseline.get_weights())
+    _, _, indices = layer(sparse, value, value_mask=value_mask, return_attention_scores=True)
+    _, _, expected = baseline(sparse, value, value_mask=value_mask, return_attention_scores=True)
+    np.testing.assert_array_equal(indices.numpy(), expected.numpy())
+    valid = indices.numpy()[indices.numpy() >= 0]
+    assert value_mask[np.nonzero(indices.numpy() >= 0)[0], valid].all()
+    for row in indices.numpy().reshape(-1, 8):  # no key twice in a row
+        kept = row[row >= 0]
+        assert len(set(kept)) == len(kept)
