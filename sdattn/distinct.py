@@ -41,7 +41,7 @@ def distinct_rows(dense_query):
     batch, num_queries, dim = dense_query.shape
     bits = tf.bitcast(dense_query, tf.int16 if dense_query.dtype.size == 2 else tf.int32)  # [B, M, D]
     if dim % 2 == 0 and bits.dtype == tf.int32:
-        bits = tf.bitcast(tf.reshape(bits, [batch, num_queries, dim // 2, 2]), tf.int64)  # [B, M, D/2]
+        bits = tf.bitcast(tf.reshape(bits, [batch, num_queries, dim // 2, 2]), tf.int64)  # [B, M, D/2, 2] → [B, M, D/2]
     representatives, inverses, counts = [], [], []
     positions = tf.range(num_queries, dtype=tf.int32)
     for item in range(batch):

@@ -383,6 +383,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         return tf.cast(product, dense.dtype)
 
     def _overrides_attention(self):
+        """Whether a subclass overrides `_compute_attention` (the fast paths then stay off)."""
         return type(self)._compute_attention is not SparseDenseMultiHeadAttention._compute_attention
 
     def _select(self, context, slots, dense_query=None):
@@ -537,7 +538,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         slot_valid = tf.transpose(slot_valid, by_query)  # [B, M, S', k]
         if bias is not None:
             bias = tf.convert_to_tensor(bias)
-            bias = tf.reshape(bias, tf.concat([tf.ones([4 - bias.shape.rank], tf.int32), tf.shape(bias)], 0))  # rank 4
+            bias = tf.reshape(bias, tf.concat([tf.ones([4 - bias.shape.rank], tf.int32), tf.shape(bias)], 0))  # [B|1, S|1, M, k]
             bias = tf.transpose(bias, by_query)  # [B, M, S', k]
         scores, weights = self._slot_weights(logits, slot_valid, bias, training)  # [B, M, H, k] each
         if value is key:

@@ -29,3 +29,18 @@ def test_grouped_top_k_breaks_ties_by_lower_index():
     scores[:, 100:200] = 1.0
     _, indices = selection.grouped_top_k(tf.constant(scores), 8, 8)
     np.testing.assert_array_equal(indices.numpy(), np.tile(np.arange(100, 108), (2, 1)))
+
+
+def test_block_sizes_follow_the_score_budget_per_batch_item():
+    """Shared selectors get about 16 M scores per block and batch item, per-head ones 64 M;
+    `block_size=` overrides both, and a block never holds fewer than k keys."""
+    from sdattn import selection
+
+    class Context:
+        max_queries, num_heads = 512, 8
+
+    assert selection.get("cosine")._block_size(Context, 32) == 2**24 // 512
+    assert selection.get("dot")._block_size(Context, 32) == 2**26 // (512 * 8)
+    assert selection.get({"name": "dot", "block_size": 100})._block_size(Context, 32) == 100
+    Context.max_queries = 2**30
+    assert selection.get("dot")._block_size(Context, 32) == 32
