@@ -68,3 +68,11 @@ if stored is not None:
     performance.scaling_figures(stored["records"], key="stored")
 if markdown is not None:
     st.markdown(markdown)
+per_row = performance.stored_per_row_markdown()
+if per_row is not None:
+    with st.expander("Without selecting once per distinct query row"):
+        st.caption(
+            "Config P's 512 queries come from 256 topic centres, so only about 215 rows per "
+            "batch item are distinct, and by default `dot`, `cosine` and `ann` select once per "
+            "distinct row. This run (`--per-row-selection`) makes every row select for itself.")
+        st.markdown(per_row)
