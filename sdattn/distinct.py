@@ -57,8 +57,21 @@ def distinct_rows(dense_query):
     return DistinctRows(tf.stack(padded), tf.stack(inverses))  # [B, U], [B, M]
 
 
+def _in_xla_context():
+    """Whether the graph being built will be compiled by XLA (`jit_compile=True`), which cannot
+    compile the dynamic number of distinct rows."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TF without the helper: assume no XLA
+        return False
+    if tf.executing_eagerly():
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
 def can_share_rows(query, attention_mask, causal):
-    """Whether selections may be shared between equal rows: no per-row mask, static small sizes.
+    """Whether selections may be shared between equal rows: no per-row mask, static small
+    sizes, and no XLA compilation (the distinct count is only known at run time).
 
     Args:
         query: the raw query (sparse or dense) `[B, M, Dq]`.
@@ -68,7 +81,7 @@ def can_share_rows(query, attention_mask, causal):
     Returns:
         bool.
     """
-    if attention_mask is not None or causal:
+    if attention_mask is not None or causal or _in_xla_context():
         return False
     shape = tuple(query.shape)
     if len(shape) != 3 or any(size is None for size in shape):

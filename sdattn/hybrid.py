@@ -119,12 +119,12 @@ class HybridSelector(Selector):
                                     num_keys, block_size, fetched)  # [B, H, M, f]
         taken = tf.cast(taken, candidates.dtype)  # [B, 1|H, M, w]
         is_taken = tf.reduce_any(tf.equal(candidates[..., :, None], taken[..., None, :]), axis=-1)  # [B, H, M, f]
-        # Exactly `slots` candidates are untaken and among the first `slots` untaken ones; a
-        # boolean mask keeps them in rank order (a sort would cost a top_k call per row).
+        # The j-th untaken candidate goes to slot j (j < slots; there are at least `slots`):
+        # a one-hot placement keeps static shapes (XLA) and needs no sort (a top_k per row).
         untaken = tf.logical_not(is_taken)
-        keep = tf.logical_and(untaken, tf.cumsum(tf.cast(untaken, tf.int32), axis=-1) <= slots)  # [B, H, M, f]
-        kept = tf.boolean_mask(candidates, keep)  # [B·H·M·slots], row by row
-        return tf.reshape(kept, tf.concat([tf.shape(candidates)[:3], [slots]], 0))  # [B, H, M, slots]
+        slot = tf.where(untaken, tf.cumsum(tf.cast(untaken, tf.int32), axis=-1) - 1, -1)  # [B, H, M, f]
+        placement = tf.one_hot(slot, slots, dtype=candidates.dtype)  # [B, H, M, f, slots]; -1 and >= slots: none
+        return tf.reduce_sum(placement * candidates[..., None], axis=-2)  # [B, H, M, slots]
 
     def get_config(self):
         config = super().get_config()

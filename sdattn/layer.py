@@ -555,7 +555,8 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         return attention_output, tf.transpose(scores, by_query)  # [B, H, M, k]
 
     def _slot_weights(self, logits, slot_valid, bias=None, training=None):
-        """Masked softmax over the slots, then dropout: `(scores, weights)`, each `[B, H, M, k]`."""
+        """Masked softmax over the slots (the last axis), then dropout: `(scores, weights)`,
+        each shaped like `logits` (`[B, H, M, k]`, or `[B, M, H, k]` on the folded path)."""
         if bias is not None:
             logits = logits + tf.cast(bias, logits.dtype)
         slot_valid = tf.broadcast_to(slot_valid, tf.shape(logits))

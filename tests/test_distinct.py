@@ -137,3 +137,18 @@ def test_dot_gradients_are_the_same_with_and_without_reused_logits():
     for reused, recomputed in zip(gradients[None], gradients[True]):
         assert reused is not None and recomputed is not None
         np.testing.assert_allclose(reused.numpy(), recomputed.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("selector", ["dot", "cosine", "hybrid"])
+def test_xla_compiles_the_layer_without_sharing_rows(selector):
+    """Under jit_compile the distinct-row count is not static: the layer selects per row there,
+    and still gives the eager result. hybrid streams several blocks (block_size=7) here."""
+    rng = np.random.default_rng(6)
+    query, value = repeated_rows_case(rng, keys=40)
+    chosen = {"name": selector, "block_size": 7}
+    layer = SparseDenseMultiHeadAttention(2, 4, 6, selector=chosen)
+    eager_output, _, eager_indices = layer(query, value, return_attention_scores=True)
+    compiled = tf.function(lambda q, v: layer(q, v, return_attention_scores=True), jit_compile=True)
+    output, _, indices = compiled(tf.constant(query), tf.constant(value))
+    np.testing.assert_array_equal(indices.numpy(), eager_indices.numpy())
+    np.testing.assert_allclose(output.numpy(), eager_output.numpy(), rtol=1e-5, atol=1e-5)
