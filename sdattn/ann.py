@@ -155,6 +155,12 @@ def _fingerprints(keys, key_mask):
     return list(_hash_pool.map(lambda item: _fingerprint(*item), items))
 
 
+def _fingerprint_rows(keys, key_mask=None):
+    """`_fingerprints` as a uint8 `[B, 16]` array, for passing between graph ops."""
+    digests = _fingerprints(np.asarray(keys), key_mask)
+    return np.frombuffer(b"".join(digests), np.uint8).reshape(len(digests), 16)
+
+
 @register_selector(
     "ann", "Approximate nearest neighbours of the raw query among the raw keys (Faiss IVF or "
     "HNSW, cosine or inner product), shared by all heads: the fast path at large N.")
@@ -286,7 +292,7 @@ class AnnSelector(Selector):
         causal = bool(mask.causal)
         sparse = isinstance(query, tf.SparseTensor)
 
-        def search(*arrays):
+        def search(*arrays, fingerprints=None):
             arrays = list(arrays)
             if sparse:
                 indices, values, dense_shape = arrays[:3]
@@ -296,6 +302,8 @@ class AnnSelector(Selector):
             else:
                 dense_query, rest = np.asarray(arrays[0], np.float32), arrays[1:]
             named = dict(zip(present, rest[1:]))
+            if fingerprints is not None:
+                named["fingerprints"] = [bytes(row) for row in np.asarray(fingerprints)]
             return self.search_numpy(dense_query, rest[0], k, causal=causal, **named)
 
         mask_heads = mask.num_mask_heads  # 1, H, or None when unknown
@@ -304,7 +312,12 @@ class AnnSelector(Selector):
             # (2 GB at N = 1M), which is exactly the memory the fast path exists to save.
             selected = tf.constant(search(*[np.asarray(tensor) for tensor in inputs]))
         else:
-            selected = tf.numpy_function(search, inputs, tf.int32, stateful=False)
+            # The content hash needs the keys only: as an op of its own it runs while the query
+            # side (densifying, distinct rows, projection) is still being computed.
+            hash_inputs = [keys] + ([tf.cast(mask.key_mask, tf.bool)] if mask.key_mask is not None else [])
+            fingerprints = tf.numpy_function(_fingerprint_rows, hash_inputs, tf.uint8, stateful=False)  # [B, 16]
+            selected = tf.numpy_function(lambda *arrays: search(*arrays[:-1], fingerprints=arrays[-1]),
+                                         inputs + [fingerprints], tf.int32, stateful=False)
         batch = keys.shape[0]
         num_queries = context.num_queries if isinstance(context.num_queries, int) else None
         return tf.ensure_shape(selected, (batch, mask_heads, num_queries, k))  # [B, S, M, k]
@@ -342,7 +355,7 @@ class AnnSelector(Selector):
         self._index_cache.clear()
 
     def search_numpy(self, query, keys, k, key_mask=None, query_mask=None, attention_mask=None,
-                     causal=False):
+                     causal=False, fingerprints=None):
         """The selection itself, in NumPy: the k most similar allowed keys of every query.
 
         Args:
@@ -353,6 +366,8 @@ class AnnSelector(Selector):
             query_mask: bool `[B, M]` or None; False rows select nothing.
             attention_mask: bool `[B|1, H|1, M, N]` or None.
             causal: whether query i may only select keys j <= i.
+            fingerprints: the `_fingerprint` of each batch item's keys and key mask, when the
+                caller has them already (the graph hashes while the query side is computed).
 
         Returns:
             int32 `[B, S, M, k]` key positions by decreasing similarity (ties: lower position
@@ -368,7 +383,8 @@ class AnnSelector(Selector):
             return selected
         if self.metric == "cosine":
             query = query / (np.linalg.norm(query, axis=-1, keepdims=True) + np.float32(self.epsilon))
-        fingerprints = _fingerprints(keys, key_mask)
+        if fingerprints is None:
+            fingerprints = _fingerprints(keys, key_mask)
         for batch_item in range(batch):
             rows = (np.arange(num_queries) if query_mask is None
                     else np.flatnonzero(np.asarray(query_mask[batch_item])))

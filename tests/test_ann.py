@@ -263,3 +263,25 @@ def test_get_config_keys_are_the_constructor_arguments():
 def test_errors_name_the_argument_and_value(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         SparseDenseMultiHeadAttention(2, 4, 3, selector={"name": "ann", **kwargs})
+
+
+def test_graph_hashes_the_keys_it_searches():
+    """In a graph the content hash is an op of its own; a second key set of the same shape must
+    find its own index, not the first one's, and masks must enter the hash."""
+    rng = np.random.default_rng(12)
+    query, first = random_case(rng, 2, 5, 60, 6, 6)
+    second = rng.normal(size=first.shape).astype("float32")
+    layer = SparseDenseMultiHeadAttention(2, 4, 4, selector={"name": "ann", "exact_threshold": 0,
+                                                            "nlist": 4, "nprobe": 4})
+    compiled = tf.function(lambda q, v, m: layer(q, v, value_mask=m, return_attention_scores=True))
+    sparse = tf.sparse.from_dense(query)
+    all_keys = np.ones((2, 60), bool)
+    some_keys = all_keys.copy()
+    some_keys[:, ::3] = False
+    for value, value_mask in ((first, all_keys), (second, all_keys), (first, some_keys)):
+        _, _, graph_indices = compiled(sparse, tf.constant(value), tf.constant(value_mask))
+        _, _, eager_indices = layer(sparse, value, value_mask=value_mask, return_attention_scores=True)
+        np.testing.assert_array_equal(graph_indices.numpy(), eager_indices.numpy())
+        chosen = graph_indices.numpy()
+        assert value_mask[np.nonzero(chosen >= 0)[0], chosen[chosen >= 0]].all()
+    assert len(layer.selector._index_cache) == 6  # 3 key sets × 2 batch items
