@@ -36,6 +36,10 @@ LARGE_QUERIES = 1_024
 # gigabytes in TensorFlow's allocator, which would inflate the peaks of later methods.
 ISOLATE_METHODS_FROM = 65_536
 MIN_REPEATS = 5  # issue 6: the median of at least 5 runs
+# Untimed calls first: the first traces the graph; the next few still paid for thread pools
+# (Faiss's OpenMP, the hash pool) and allocator growth: `ann` at N = 16,384 took 22, 23, 22,
+# 19, 16 ms on its first five timed calls after a single warm-up call.
+WARMUP_CALLS = 3
 BASELINES = ("floor", "mha", "naive")
 # Tokens per step of the K/V-projection floor: the floor's own memory stays bounded at 1M keys.
 FLOOR_CHUNK = 65_536
@@ -250,7 +254,7 @@ def _gpu_names():
 
 
 def measure(method, cfg, weights, inputs, repeats, seed, reference=None):
-    """Times one method on one configuration: a warm-up call, then `repeats` timed calls.
+    """Times one method on one configuration: `WARMUP_CALLS` untimed calls, then `repeats` timed ones.
 
     Args:
         method: "floor", "mha", "naive" or a selector name.
@@ -275,7 +279,8 @@ def measure(method, cfg, weights, inputs, repeats, seed, reference=None):
     resettable = reset_peak_rss()
     baseline = current_rss_mb()
     call, layer, build_seconds = _build_method(method, cfg, weights, inputs, seed)
-    np.asarray(call())  # warm-up: traces the graph, fills caches
+    for _ in range(WARMUP_CALLS):
+        np.asarray(call())  # warm-up: traces the graph, fills caches, starts thread pools
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -439,7 +444,7 @@ def markdown_table(records, environment):
     lines = [
         f"Config P (B={first['batch']}, D={first['dim']}, H={first['heads']}, key_dim={first['key_dim']}, "
         f"top_k={first['top_k']}, float32; sparse queries, 8 non-zero features each); forward pass "
-        f"under `tf.function`, median of {environment['repeats']} runs after a warm-up. Measured "
+        f"under `tf.function`, median of {environment['repeats']} runs after {WARMUP_CALLS} warm-up calls. Measured "
         f"{environment['date']} on {environment['machine']}, TensorFlow {environment['tensorflow']}."
         + ("" if first.get("share_rows", True) else
            " Every query row selected for itself (`--per-row-selection`): equal rows not shared."),
