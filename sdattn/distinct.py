@@ -39,7 +39,8 @@ def distinct_rows(dense_query):
         A `DistinctRows`.
     """
     batch, num_queries, dim = dense_query.shape
-    bits = tf.bitcast(dense_query, tf.int16 if dense_query.dtype.size == 2 else tf.int32)  # [B, M, D]
+    word = {2: tf.int16, 4: tf.int32, 8: tf.int64}[dense_query.dtype.size]
+    bits = tf.bitcast(dense_query, word)  # [B, M, D], the same bits as integers
     if dim % 2 == 0 and bits.dtype == tf.int32:
         bits = tf.bitcast(tf.reshape(bits, [batch, num_queries, dim // 2, 2]), tf.int64)  # [B, M, D/2, 2] → [B, M, D/2]
     representatives, inverses, counts = [], [], []

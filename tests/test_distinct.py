@@ -152,3 +152,11 @@ def test_xla_compiles_the_layer_without_sharing_rows(selector):
     output, _, indices = compiled(tf.constant(query), tf.constant(value))
     np.testing.assert_array_equal(indices.numpy(), eager_indices.numpy())
     np.testing.assert_allclose(output.numpy(), eager_output.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_distinct_rows_for_every_float_width(dtype):
+    query = np.array([[[1, 2, 3], [4, 5, 6], [1, 2, 3]]], np.float32)  # odd D: no 64-bit pairing
+    rows = distinct_rows(tf.cast(tf.constant(query), dtype))
+    np.testing.assert_array_equal(rows.inverse.numpy(), [[0, 1, 0]])
+    np.testing.assert_array_equal(rows.representatives.numpy(), [[0, 1]])
