@@ -433,11 +433,13 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         back. Queries drawn from a few hundred topics, or repeated prompts, repeat rows often.
         """
         mask = context.mask
-        if (dense_query is None or not getattr(self.selector, "row_wise", False)
-                or not can_share_rows(dense_query, mask.attention_mask, mask.causal)):
+        if dense_query is None or not can_share_rows(dense_query, mask.attention_mask, mask.causal):
             return self.selector.select_scored(context, slots)
-        rows = distinct_rows(dense_query)
-        distinct = context.restricted_to(rows.representatives, dense_query)
+        # Other selectors may still share a row-wise part of their work (see `context.distinct`).
+        context.allow_distinct(lambda: distinct_rows(dense_query), dense_query)
+        if not getattr(self.selector, "row_wise", False):
+            return self.selector.select_scored(context, slots)
+        rows, distinct = context.distinct()
         indices, logits = self.selector.select_scored(distinct, slots)  # [B, S, U, k] each
         return rows.expand(indices), (None if logits is None else rows.expand(logits))  # [B, S, M, k]
 

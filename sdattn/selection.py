@@ -230,6 +230,8 @@ class SelectionContext:
         self.max_queries = query.shape[1]
         self.num_keys = key.shape[1] if key.shape[1] is not None else tf.shape(key)[1]
         self.cache = {}
+        self._find_distinct = None
+        self._distinct = None
 
     @property
     def projected_key(self):
@@ -245,6 +247,26 @@ class SelectionContext:
     @property
     def is_sparse(self):
         return isinstance(self.query, tf.SparseTensor)
+
+    def allow_distinct(self, find_rows, dense_query):
+        """Lets `distinct()` share work between equal query rows (the layer calls this when no
+        mask tells equal rows apart). `find_rows()` returns a `DistinctRows`."""
+        self._find_distinct = (find_rows, dense_query)
+
+    def distinct(self):
+        """`(rows, context)` to compute a row-wise part of a selection once per distinct query
+        row (`rows.expand` copies results back), or None when rows may not be shared here.
+
+        The layer already does this for `row_wise` selectors; a selector that is row-wise only
+        in part (`hybrid`'s dot part) calls it itself. Computed once per call.
+        """
+        if self._find_distinct is None:
+            return None
+        if self._distinct is None:
+            find_rows, dense_query = self._find_distinct
+            rows = find_rows()
+            self._distinct = (rows, self.restricted_to(rows.representatives, dense_query))
+        return self._distinct
 
     def restricted_to(self, rows, dense_query):
         """The context of some query rows only, for selecting once per distinct row.

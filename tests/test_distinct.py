@@ -160,3 +160,31 @@ def test_distinct_rows_for_every_float_width(dtype):
     rows = distinct_rows(tf.cast(tf.constant(query), dtype))
     np.testing.assert_array_equal(rows.inverse.numpy(), [[0, 1, 0]])
     np.testing.assert_array_equal(rows.representatives.numpy(), [[0, 1]])
+
+
+@pytest.mark.parametrize("block_size", [None, 7], ids=["one-block", "streamed"])
+def test_hybrid_shares_its_dot_part_between_equal_rows(block_size, monkeypatch):
+    """hybrid is not row-wise (its window depends on the row's position), but its dot
+    candidates are: they are found once per distinct row, and must equal per-row selection."""
+    from sdattn.selection import SelectionContext
+
+    rng = np.random.default_rng(7)
+    query, value = repeated_rows_case(rng, keys=40)
+    value_mask = rng.random(value.shape[:2]) > 0.2
+    layer = SparseDenseMultiHeadAttention(2, 4, 8, selector={"name": "hybrid", "block_size": block_size})
+    sparse = tf.sparse.from_dense(query)
+    calls = []
+    original = SelectionContext.distinct
+
+    def counted(context):
+        shared = original(context)
+        calls.append(shared is not None)
+        return shared
+
+    monkeypatch.setattr(SelectionContext, "distinct", counted)
+    output, _, indices = layer(sparse, value, value_mask=value_mask, return_attention_scores=True)
+    assert any(calls), "the dot part should have asked for the distinct rows"
+    monkeypatch.setattr(SelectionContext, "distinct", lambda context: None)
+    plain_output, _, plain_indices = layer(sparse, value, value_mask=value_mask, return_attention_scores=True)
+    np.testing.assert_array_equal(indices.numpy(), plain_indices.numpy())
+    np.testing.assert_allclose(output.numpy(), plain_output.numpy(), rtol=1e-5, atol=1e-6)
