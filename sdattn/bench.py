@@ -54,7 +54,7 @@ METHOD_TITLES = {
 # ---- memory -----------------------------------------------------------------------------------
 
 def _status_mb(field):
-    """A `VmRSS`/`VmHWM` line of /proc/self/status in MB, or None off Linux."""
+    """A `VmRSS`/`VmHWM` line of /proc/self/status in MiB, or None off Linux."""
     try:
         with open("/proc/self/status") as status:
             match = re.search(rf"^{field}:\s+(\d+)\s+kB", status.read(), re.MULTILINE)
@@ -450,7 +450,7 @@ def markdown_table(records, environment):
            " Every query row selected for itself (`--per-row-selection`): equal rows not shared."),
         "",
         "| N | M | method | time (ms) | × faster than MHA | × faster than naive top-k | × K/V floor "
-        "| recall@k vs cosine | index build (s) | peak RSS (MB) |",
+        "| recall@k vs cosine | index build (s) | peak RSS (MiB) |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for record in records:
