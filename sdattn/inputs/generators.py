@@ -577,7 +577,13 @@ def _lengths_param(name, lengths, batch_size, maximum):
             f"Received an invalid value for argument `{name}`, expected a list of {batch_size} "
             f"lengths (one per batch item). Received: {name}={lengths!r}"
         )
-    return np.asarray([_int_param(name, length, minimum=0) for length in lengths], dtype=np.int64)
+    counts = np.asarray([_int_param(name, length, minimum=0) for length in lengths], dtype=np.int64)
+    if (counts > maximum).any():
+        raise InputError(
+            f"Received an invalid value for argument `{name}`, expected lengths at most "
+            f"{maximum}. Received: {name}={counts.tolist()}"
+        )
+    return counts
 
 
 @_generator("variable_length")
@@ -612,13 +618,6 @@ def _generate_variable_length(
     density = _float_param("density", density, low=0.0, high=1.0, low_open=True)
     query_counts = _lengths_param("query_lengths", query_lengths, batch_size, num_queries)
     key_counts = _lengths_param("key_lengths", key_lengths, batch_size, num_keys)
-    for name, counts, maximum in (("query_lengths", query_counts, num_queries),
-                                  ("key_lengths", key_counts, num_keys)):
-        if (counts > maximum).any():
-            raise InputError(
-                f"Received an invalid value for argument `{name}`, expected lengths at most "
-                f"{maximum}. Received: {name}={counts.tolist()}"
-            )
     query_mask = np.arange(num_queries)[None, :] < query_counts[:, None]
     value_mask = np.arange(num_keys)[None, :] < key_counts[:, None]
     indices, values = _random_sparse_rows(
