@@ -117,26 +117,11 @@ class SelectorRun:
         }
 
 
-def attention_weights(example, num_heads, key_dim, seed=0, value_dim=None):
-    """Seeded attention weights for an example, in `keras.layers.MultiHeadAttention` order.
-
-    Glorot-uniform kernels and zero biases: `sdattn.weights.random_weights`, kept here because
-    the comparison functions default to it. Pass `weights=sdattn.weights.aligned_weights(...)`
-    for logits that follow the raw query–key similarity.
-
-    Args:
-        example: an `sdattn.inputs.Example` (fixes Dq and D).
-        num_heads: H.
-        key_dim: size of each query/key head.
-        seed: int, the same seed gives the same weights.
-        value_dim: size of each value head; defaults to `key_dim`.
-
-    Returns:
-        list of 8 float32 arrays: query kernel `[Dq, H, key_dim]`, query bias `[H, key_dim]`, key
-        kernel `[D, H, key_dim]`, key bias, value kernel `[D, H, value_dim]`, value bias, output
-        kernel `[H, value_dim, Dq]`, output bias `[Dq]`.
-    """
-    return weights_lib.random_weights(example, num_heads, key_dim, seed=seed, value_dim=value_dim)
+#: The comparison functions' default attention weights (Glorot-uniform kernels, zero biases):
+#: `sdattn.weights.random_weights` under the name this module exported first. Pass
+#: `weights=sdattn.weights.aligned_weights(...)` for logits that follow the raw query–key
+#: similarity.
+attention_weights = weights_lib.random_weights
 
 
 def dense_reference(example, weights):
@@ -243,7 +228,7 @@ def run_selector(example, selector, top_k, num_heads, key_dim, seed=0, weights=N
             "Received an invalid value for argument `repeats`, expected a non-negative integer. "
             f"Received: repeats={repeats!r}")
     if weights is None:
-        weights = attention_weights(example, num_heads, key_dim, seed=seed, value_dim=value_dim)
+        weights = weights_lib.random_weights(example, num_heads, key_dim, seed=seed, value_dim=value_dim)
     weights = list(weights)
     if len(weights) < 8:
         raise ValueError(
@@ -311,7 +296,7 @@ def run_selectors(example, selectors, top_k, num_heads, key_dim, seed=0, value_d
     """
     labelled = _labelled(selectors)
     if weights is None:
-        weights = attention_weights(example, num_heads, key_dim, seed=seed, value_dim=value_dim)
+        weights = weights_lib.random_weights(example, num_heads, key_dim, seed=seed, value_dim=value_dim)
     weights = list(weights)[:8]
     dense = dense_reference(example, weights)
     return [run_selector(example, identifier, top_k, num_heads, key_dim, seed=seed, weights=weights,
@@ -410,7 +395,7 @@ def k_sweep_table(example, selectors, ks, num_heads, key_dim, seed=0, value_dim=
     ks = [positive_int("ks", k) for k in ks]
     labelled = _labelled(selectors)
     if weights is None:
-        weights = attention_weights(example, num_heads, key_dim, seed=seed, value_dim=value_dim)
+        weights = weights_lib.random_weights(example, num_heads, key_dim, seed=seed, value_dim=value_dim)
     weights = list(weights)[:8]
     dense = dense_reference(example, weights)
     rows = [

@@ -39,9 +39,14 @@ def test_weights_have_keras_mha_order_and_shapes(kind, weights_kind):
 
 def test_random_weights_are_the_comparison_default():
     example = inputs.generate_inputs("planted", seed=0)
-    for ours, theirs in zip(weights_lib.random_weights(example, 2, 8, seed=3),
-                            comparison.attention_weights(example, 2, 8, seed=3)):
-        np.testing.assert_array_equal(ours, theirs)
+    default = comparison.run_selector(example, "dot", 4, 2, 8, seed=3, repeats=0)
+    explicit = comparison.run_selector(example, "dot", 4, 2, 8, seed=3, repeats=0,
+                                       weights=weights_lib.random_weights(example, 2, 8, seed=3))
+    np.testing.assert_array_equal(default.indices, explicit.indices)
+    np.testing.assert_array_equal(default.output, explicit.output)
+    other_seed = comparison.run_selector(example, "dot", 4, 2, 8, seed=4, repeats=0)
+    assert not np.array_equal(default.output, other_seed.output)  # the seed reaches the weights
+    assert comparison.attention_weights is weights_lib.random_weights  # the older public name
 
 
 def test_same_seed_same_weights_other_seed_other_weights():
