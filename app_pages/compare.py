@@ -3,7 +3,7 @@ dense attention, and see where a pair disagrees, which queries suffer, and how k
 
 import streamlit as st
 
-from ui import comparison_views, detail, params, runner, widgets
+from ui import comparison_views, detail, runner, widgets
 
 DIFF_CHART = "diff_map"
 SUMMARY_TABLE = "summary_table"
@@ -21,12 +21,7 @@ st.caption(
 )
 
 with st.sidebar:
-    st.header("Input")
-    example, input_spec = widgets.input_panel()
-    item = widgets.batch_item_control(example.batch_size) if example is not None else 0
-    st.header("Model")
-    settings = widgets.model_controls(
-        example.num_keys if example is not None else params.MAX_TOP_K, choose_selector=False)
+    example, input_spec, item, settings = widgets.input_and_model_panel(choose_selector=False)
     selectors = comparison_views.selectors_control()
 
 if example is None:

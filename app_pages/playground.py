@@ -3,7 +3,7 @@ query selected, how every head weighted them, and the detail of one query."""
 
 import streamlit as st
 
-from ui import bundle, detail, params, runner, views, widgets
+from ui import bundle, detail, runner, views, widgets
 
 SELECTION_CHART = "selection_view"
 HEATMAP_CHART = "head_heatmaps"
@@ -17,13 +17,7 @@ st.caption(
 )
 
 with st.sidebar:
-    st.header("Input")
-    example, input_spec = widgets.input_panel()
-    item = widgets.batch_item_control(example.batch_size) if example is not None else 0
-    st.header("Model")
-    # Without an input (an upload still missing) k keeps its range, so it is not clamped to 1.
-    settings = widgets.model_controls(
-        example.num_keys if example is not None else params.MAX_TOP_K)
+    example, input_spec, item, settings = widgets.input_and_model_panel()
 
 if example is None:
     st.stop()

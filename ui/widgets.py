@@ -127,6 +127,22 @@ def batch_item_control(batch_size: int) -> int:
     return item
 
 
+def input_and_model_panel(*, choose_selector: bool = True):
+    """The sidebar's Input and Model sections the playground and compare pages share.
+
+    Returns:
+        `(example or None, input spec or None, batch item, ModelSettings)`.
+    """
+    st.header("Input")
+    example, input_spec = input_panel()
+    item = batch_item_control(example.batch_size) if example is not None else 0
+    st.header("Model")
+    # Without an input (an upload still missing) k keeps its range, so it is not clamped to 1.
+    settings = model_controls(example.num_keys if example is not None else params.MAX_TOP_K,
+                              choose_selector=choose_selector)
+    return example, input_spec, item, settings
+
+
 # ----------------------------------------------------------------------------- model controls
 
 
