@@ -2,6 +2,7 @@
 with a keras.layers.MultiHeadAttention that holds the same attention weights."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from sdattn.layer import SparseDenseMultiHeadAttention
@@ -24,3 +25,49 @@ def paired_layers(num_heads, key_dim, top_k, selector, query, value, **kwargs):
     layer(tf.sparse.from_dense(query), value)
     layer.set_weights(mha.get_weights() + layer.get_weights()[8:])
     return layer, mha
+
+
+def check_oracle(selector, shape, sparse_query, masked, extra_keys):
+    """With top_k = N + extra_keys every key is selected: the layer must equal Keras MHA.
+
+    Args:
+        selector: the layer's `selector=`.
+        shape: `(B, M, N, Dq, Dv, H, key_dim, extra MHA kwargs)`.
+        sparse_query: pass the query as a `tf.SparseTensor` (else dense).
+        masked: add a random value mask (every row keeps a valid key).
+        extra_keys: top_k above N.
+    """
+    batch, queries, keys, query_dim, value_dim, heads, key_dim, kwargs = shape
+    rng = np.random.default_rng(hash((str(selector), shape[:7], sparse_query, masked)) % 2**32)
+    query, value = random_case(rng, batch, queries, keys, query_dim, value_dim)
+    layer, mha = paired_layers(heads, key_dim, keys + extra_keys, selector, query, value, **kwargs)
+    value_mask = None
+    if masked:
+        value_mask = rng.random((batch, keys)) < 0.6
+        value_mask[:, rng.integers(keys)] = True  # every row keeps at least one valid key
+    out = layer(tf.sparse.from_dense(query) if sparse_query else query, value, value_mask=value_mask)
+    expected = mha(query, value, value_mask=value_mask)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+    assert out.shape == expected.shape
+
+
+def check_unknown_lengths_match_eager(selector, seed, key_counts=(3, 9), top_k=5):
+    """A `tf.function` with unknown B, M and N (fewer and more keys than top_k) gives the eager
+    outputs and selections; graph slots past N are -1."""
+    rng = np.random.default_rng(seed)
+    layer = SparseDenseMultiHeadAttention(2, 4, top_k, selector=selector)
+    signature = [tf.SparseTensorSpec([None, None, 6], tf.float32), tf.TensorSpec([None, None, 6]),
+                 tf.TensorSpec([None, None], tf.bool)]
+    compiled = tf.function(lambda q, v, m: layer(q, v, value_mask=m, return_attention_scores=True),
+                           input_signature=signature)
+    for keys in key_counts:
+        query, value = random_case(rng, 2, 4, keys, 6, 6)
+        value_mask = rng.random((2, keys)) < 0.8
+        sparse_query = tf.sparse.from_dense(query)
+        graph_out, _, graph_indices = compiled(sparse_query, value, value_mask)
+        eager_out, _, eager_indices = layer(sparse_query, value, value_mask=value_mask,
+                                            return_attention_scores=True)
+        np.testing.assert_allclose(graph_out.numpy(), eager_out.numpy(), atol=1e-6)
+        assert graph_indices.shape[-1] == top_k and eager_indices.shape[-1] == min(top_k, keys)
+        np.testing.assert_array_equal(graph_indices.numpy()[..., : min(top_k, keys)], eager_indices.numpy())
+        assert (graph_indices.numpy()[..., keys:] == -1).all()

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import sdattn
 import sdattn.ann  # noqa: F401  (registers "ann" until sdattn/__init__ imports it)
-from cases import random_case
+from cases import check_unknown_lengths_match_eager, random_case
 from sdattn import reference
 from sdattn.ann import AnnSelector
 from sdattn.inputs import generate_inputs
@@ -197,20 +197,7 @@ def test_index_is_built_once_per_key_set_and_the_cache_is_bounded():
 # ---- TF integration ---------------------------------------------------------------------------------
 
 def test_tf_function_with_unknown_lengths_matches_eager():
-    rng = np.random.default_rng(5)
-    layer = SparseDenseMultiHeadAttention(2, 4, 5, selector={"name": "ann", "exact_threshold": 4})
-    signature = [tf.SparseTensorSpec([None, None, 6], tf.float32), tf.TensorSpec([None, None, 6]),
-                 tf.TensorSpec([None, None], tf.bool)]
-    compiled = tf.function(lambda q, v, m: layer(q, v, value_mask=m, return_attention_scores=True),
-                           input_signature=signature)
-    for keys in (3, 40):  # fewer and more keys than top_k
-        query, value = random_case(rng, 2, 4, keys, 6, 6)
-        value_mask = rng.random((2, keys)) < 0.8
-        sparse_query = tf.sparse.from_dense(query)
-        graph_out, _, graph_indices = compiled(sparse_query, value, value_mask)
-        eager_out, _, eager_indices = layer(sparse_query, value, value_mask=value_mask, return_attention_scores=True)
-        np.testing.assert_allclose(graph_out.numpy(), eager_out.numpy(), atol=1e-6)
-        np.testing.assert_array_equal(graph_indices.numpy()[..., : min(5, keys)], eager_indices.numpy())
+    check_unknown_lengths_match_eager({"name": "ann", "exact_threshold": 4}, seed=5, key_counts=(3, 40))
 
 
 def test_gradients_reach_every_kernel():

@@ -1,35 +1,21 @@
 """AppTest for app_pages/compare.py: the metrics table, diff map, histograms, k-sweep, head agreement
 and worst queries agree with sdattn.reference and sdattn.metrics computed here, setting by setting."""
 
-import pathlib
-
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
+from app_cases import chart, open_app
 from sdattn import comparison, figures, inputs, metrics, reference
 from sdattn import weights as weights_lib
 from ui import comparison_views, detail, params, runner
 
-APP = pathlib.Path(__file__).resolve().parents[1] / "app.py"
 TIMEOUT = 90  # the first run imports TensorFlow
 HEADS, KEY_DIM = params.DEFAULT_HEADS, params.DEFAULT_KEY_DIM
 
 
 @pytest.fixture
 def app():
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.switch_page("app_pages/compare.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def chart(at, key):
-    """The decoded JSON of the plotly chart with this key, as the browser receives it."""
-    for element in at.get("plotly_chart"):
-        if element.key == key:
-            return figures.decode_figure_json(element.proto.spec)
-    raise AssertionError(f"no chart {key!r}; have {[c.key for c in at.get('plotly_chart')]}")
+    return open_app("app_pages/compare.py", timeout=TIMEOUT)
 
 
 def table_with(at, column):

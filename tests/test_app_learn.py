@@ -2,39 +2,24 @@
 numbers match sdattn.reference, URL parameters set the widgets, a bundle restores the figures."""
 
 import io
-import pathlib
 
 import numpy as np
 import pytest
 import streamlit
-from streamlit.testing.v1 import AppTest
 
 import sdattn
+from app_cases import APP, chart, open_app
 from sdattn import figures, inputs, reference
 from sdattn import weights as weights_lib
 from sdattn.walkthrough import BREAK_IT_PRESETS, build_walkthrough
 from ui import bundle, learn, params, url_state
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-APP = ROOT / "app.py"
-LEARN = ROOT / "app_pages" / "learn.py"
+LEARN = APP.parent / "app_pages" / "learn.py"
 TIMEOUT = 60  # the first run imports TensorFlow
 
 
 def run(script, query_params=None):
-    at = AppTest.from_file(str(script), default_timeout=TIMEOUT)
-    at.query_params.update(query_params or {})
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def chart(at, key):
-    """The decoded JSON of the plotly chart with this key, as the browser receives it."""
-    for element in at.get("plotly_chart"):
-        if element.key == key:
-            return figures.decode_figure_json(element.proto.spec)
-    raise AssertionError(f"no chart {key!r}; have {[c.key for c in at.get('plotly_chart')]}")
+    return open_app(script=script, timeout=TIMEOUT, query_params=query_params)
 
 
 def value_traces(spec):

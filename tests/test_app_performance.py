@@ -3,16 +3,14 @@ figures agree with each other, and the stored benchmarks/ results are shown (or 
 
 import json
 import math
-import pathlib
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
+from app_cases import chart, open_app
 from sdattn import figures
 from ui import params, performance
 
-APP = pathlib.Path(__file__).resolve().parents[1] / "app.py"
 TIMEOUT = 120  # the first run imports TensorFlow; the sweep traces a graph per method
 
 
@@ -23,17 +21,7 @@ def empty_benchmarks(tmp_path, monkeypatch):
 
 
 def open_page():
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.switch_page("app_pages/performance.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def chart(at, key):
-    for element in at.get("plotly_chart"):
-        if element.key == key:
-            return figures.decode_figure_json(element.proto.spec)
-    raise AssertionError(f"no chart {key!r}; have {[c.key for c in at.get('plotly_chart')]}")
+    return open_app("app_pages/performance.py", timeout=TIMEOUT)
 
 
 def fake_record(num_keys, method, median_ms, peak=900.0, baseline=800.0, status="ok"):

@@ -2,34 +2,23 @@
 NumPy reference says they should, and bad uploads end in st.error, never in an exception."""
 
 import io
-import pathlib
 
 import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_cases import chart, open_app
 from sdattn import figures, inputs, reference
 from sdattn import weights as weights_lib
 from ui import detail, export, params, runner
 
-APP = pathlib.Path(__file__).resolve().parents[1] / "app.py"
 TIMEOUT = 60  # the first run imports TensorFlow
 
 
 @pytest.fixture
 def app():
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def chart(at, key):
-    """The decoded JSON of the plotly chart with this key, as the browser receives it."""
-    for element in at.get("plotly_chart"):
-        if element.key == key:
-            return figures.decode_figure_json(element.proto.spec)
-    raise AssertionError(f"no chart {key!r}; have {[c.key for c in at.get('plotly_chart')]}")
+    return open_app(timeout=TIMEOUT)
 
 
 def heatmap_grids(at):

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sdattn
-from cases import random_case, paired_layers
+from cases import check_oracle, check_unknown_lengths_match_eager, paired_layers, random_case
 from sdattn import reference
 from sdattn.layer import SparseDenseMultiHeadAttention
 
@@ -30,19 +30,7 @@ ORACLE_SHAPES = [
 @pytest.mark.parametrize("sparse_query", [True, False], ids=["sparse", "dense"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "valuemask"])
 def test_oracle_matches_keras_mha_when_every_key_is_selected(selector, shape, sparse_query, masked):
-    batch, queries, keys, query_dim, value_dim, heads, key_dim, kwargs = shape
-    rng = np.random.default_rng(hash((selector, shape[:7], sparse_query, masked)) % 2**32)
-    query, value = random_case(rng, batch, queries, keys, query_dim, value_dim)
-    layer, mha = paired_layers(heads, key_dim, keys + 3, selector, query, value, **kwargs)
-    value_mask = None
-    if masked:
-        value_mask = rng.random((batch, keys)) < 0.6
-        value_mask[:, rng.integers(keys)] = True  # every row keeps at least one valid key
-    layer_query = tf.sparse.from_dense(query) if sparse_query else query
-    out = layer(layer_query, value, value_mask=value_mask)
-    expected = mha(query, value, value_mask=value_mask)
-    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
-    assert out.shape == expected.shape
+    check_oracle(selector, shape, sparse_query, masked, extra_keys=3)
 
 
 def test_dot_with_top_k_below_n_matches_reference_over_exact_top_k():
@@ -441,22 +429,7 @@ def test_original_write_up_example_runs_and_is_finite():
 
 @pytest.mark.parametrize("selector", BUILT_IN)
 def test_unknown_lengths_inside_tf_function_match_eager(selector):
-    rng = np.random.default_rng(17)
-    layer = SparseDenseMultiHeadAttention(2, 4, 5, selector={"name": selector, "seed": 1} if selector == "random" else selector)
-    signature = [tf.SparseTensorSpec([None, None, 6], tf.float32), tf.TensorSpec([None, None, 6]),
-                 tf.TensorSpec([None, None], tf.bool)]
-    compiled = tf.function(lambda q, v, m: layer(q, v, value_mask=m, return_attention_scores=True),
-                           input_signature=signature)
-    for keys in (3, 9):  # fewer and more keys than top_k
-        query, value = random_case(rng, 2, 4, keys, 6, 6)
-        value_mask = rng.random((2, keys)) < 0.8
-        sparse_query = tf.sparse.from_dense(query)
-        graph_out, _, graph_indices = compiled(sparse_query, value, value_mask)
-        eager_out, _, eager_indices = layer(sparse_query, value, value_mask=value_mask, return_attention_scores=True)
-        np.testing.assert_allclose(graph_out.numpy(), eager_out.numpy(), atol=1e-6)
-        assert graph_indices.shape[-1] == 5 and eager_indices.shape[-1] == min(5, keys)
-        np.testing.assert_array_equal(graph_indices.numpy()[..., : min(5, keys)], eager_indices.numpy())
-        assert (graph_indices.numpy()[..., keys:] == -1).all()
+    check_unknown_lengths_match_eager({"name": selector, "seed": 1} if selector == "random" else selector, seed=17)
 
 
 @pytest.mark.parametrize("selector", BUILT_IN)
