@@ -254,10 +254,11 @@ class AnnSelector(Selector):
     def _raw_space(self, context):
         return context.query.shape[-1] is not None and context.query.shape[-1] == context.key.shape[-1]
 
-    def _exact_in_tf(self, context):
-        """Whether to search exactly in TF: cosine metric, and a static N of at most `exact_threshold`."""
+    def _exact_in_tf(self, num_keys):
+        """Whether N keys are searched exactly in TF: cosine metric, and a static N of at most
+        `exact_threshold` (there is then no index to build)."""
         return (self.metric == "cosine" and self.index_type != "exact"
-                and isinstance(context.num_keys, int) and context.num_keys <= self.exact_threshold)
+                and isinstance(num_keys, int) and num_keys <= self.exact_threshold)
 
     def scores(self, context, start, stop):
         """Cosine scores for the exact TF fallback (see `exact_threshold`): `[B, 1, M, n]`."""
@@ -270,7 +271,7 @@ class AnnSelector(Selector):
             context: the `SelectionContext`.
             k: the static number of slots.
         """
-        if self._exact_in_tf(context):
+        if self._exact_in_tf(context.num_keys):
             return super().select(context, k)
         query = context.query
         if self._raw_space(context):
@@ -342,7 +343,7 @@ class AnnSelector(Selector):
             raise ValueError(f"Argument `keys` must have rank 3, [B, N, D]. Received: keys.shape={keys.shape}")
         key_mask = None if key_mask is None else np.asarray(key_mask, bool)
         seconds = 0.0
-        if self.metric == "cosine" and self.index_type != "exact" and keys.shape[1] <= self.exact_threshold:
+        if self._exact_in_tf(int(keys.shape[1])):
             return seconds  # searched exactly in TF: there is no index to build
         for batch_item in range(keys.shape[0]):
             valid = None if key_mask is None else key_mask[batch_item]

@@ -116,14 +116,11 @@ class HybridSelector(Selector):
         # ones: the first `slots` left are the best untaken keys, in the same order as ranking
         # taken keys last, without comparing every key of every block with the w taken ones.
         fetched = min(slots + taken.shape[-1], num_keys)
-        if shared is None:
-            candidates = streamed_top_k(lambda start, stop: self._ranked_block(context, start, stop, None),
-                                        num_keys, block_size, fetched)  # [B, H, M, f]
-        else:
-            rows, distinct = shared
-            candidates = rows.expand(streamed_top_k(
-                lambda start, stop: self._ranked_block(distinct, start, stop, None),
-                num_keys, block_size, fetched))  # [B, H, U, f] → [B, H, M, f]
+        rows, scored = shared if shared is not None else (None, context)
+        candidates = streamed_top_k(lambda start, stop: self._ranked_block(scored, start, stop, None),
+                                    num_keys, block_size, fetched)  # [B, H, M|U, f]
+        if rows is not None:
+            candidates = rows.expand(candidates)  # [B, H, U, f] → [B, H, M, f]
         taken = tf.cast(taken, candidates.dtype)  # [B, 1|H, M, w]
         is_taken = tf.reduce_any(tf.equal(candidates[..., :, None], taken[..., None, :]), axis=-1)  # [B, H, M, f]
         # The j-th untaken candidate goes to slot j (j < slots; there are at least `slots`):

@@ -12,7 +12,7 @@ from keras.src.backend.common.masking import set_keras_mask
 
 from sdattn.arguments import positive_int
 from sdattn import selection as selection_lib
-from sdattn.distinct import can_share_rows, distinct_rows
+from sdattn.distinct import can_share_rows
 from sdattn.masking import AttentionMask
 
 
@@ -436,7 +436,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         if dense_query is None or not can_share_rows(dense_query, mask.attention_mask, mask.causal):
             return self.selector.select_scored(context, slots)
         # Other selectors may still share a row-wise part of their work (see `context.distinct`).
-        context.allow_distinct(lambda: distinct_rows(dense_query), dense_query)
+        context.allow_distinct(dense_query)
         if not getattr(self.selector, "row_wise", False):
             return self.selector.select_scored(context, slots)
         rows, distinct = context.distinct()

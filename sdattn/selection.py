@@ -6,6 +6,7 @@ import math
 import keras
 import tensorflow as tf
 
+from sdattn import distinct as distinct_lib
 from sdattn.masking import AttentionMask
 
 _REGISTRY = {}
@@ -230,7 +231,7 @@ class SelectionContext:
         self.max_queries = query.shape[1]
         self.num_keys = key.shape[1] if key.shape[1] is not None else tf.shape(key)[1]
         self.cache = {}
-        self._find_distinct = None
+        self._dense_query = None  # set by `allow_distinct`
         self._distinct = None
 
     @property
@@ -248,10 +249,10 @@ class SelectionContext:
     def is_sparse(self):
         return isinstance(self.query, tf.SparseTensor)
 
-    def allow_distinct(self, find_rows, dense_query):
-        """Lets `distinct()` share work between equal query rows (the layer calls this when no
-        mask tells equal rows apart). `find_rows()` returns a `DistinctRows`."""
-        self._find_distinct = (find_rows, dense_query)
+    def allow_distinct(self, dense_query):
+        """Lets `distinct()` share work between equal rows of `dense_query` `[B, M, Dq]` (the
+        layer calls this when no mask tells equal rows apart)."""
+        self._dense_query = dense_query
 
     def distinct(self):
         """`(rows, context)` to compute a row-wise part of a selection once per distinct query
@@ -260,12 +261,11 @@ class SelectionContext:
         The layer already does this for `row_wise` selectors; a selector that is row-wise only
         in part (`hybrid`'s dot part) calls it itself. Computed once per call.
         """
-        if self._find_distinct is None:
+        if self._dense_query is None:
             return None
         if self._distinct is None:
-            find_rows, dense_query = self._find_distinct
-            rows = find_rows()
-            self._distinct = (rows, self.restricted_to(rows.representatives, dense_query))
+            rows = distinct_lib.distinct_rows(self._dense_query)
+            self._distinct = (rows, self.restricted_to(rows.representatives, self._dense_query))
         return self._distinct
 
     def restricted_to(self, rows, dense_query):
