@@ -20,9 +20,10 @@ class DistinctRows:
         self.representatives = representatives
         self.inverse = inverse
 
-    def expand(self, per_distinct):
-        """Copies per-distinct-row results back to every row: `[B, S, U, k]` → `[B, S, M, k]`."""
-        return tf.gather(per_distinct, self.inverse, axis=2, batch_dims=1)  # [B, S, M, k]
+    def expand(self, per_distinct, axis=2):
+        """Copies per-distinct-row results back to every row, along `axis` (the row axis):
+        `[B, S, U, k]` → `[B, S, M, k]` by default, `[B, U, ...]` → `[B, M, ...]` with `axis=1`."""
+        return tf.gather(per_distinct, self.inverse, axis=axis, batch_dims=1)
 
 
 def distinct_rows(dense_query):

@@ -12,7 +12,7 @@ from keras.src.backend.common.masking import set_keras_mask
 
 from sdattn.arguments import positive_int
 from sdattn import selection as selection_lib
-from sdattn.distinct import can_share_rows
+from sdattn.distinct import can_share_rows, distinct_rows
 from sdattn.masking import AttentionMask
 
 
@@ -228,12 +228,23 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                                     attention_mask, use_causal_mask)
 
         dense_query = self._densified(query)  # [B, M, Dq], or None when too large
-        projected_query = self._project_query(query, dense_query)  # [B, M, H, kd]
+        rows, selection_query, selection_mask = None, query, mask
+        if self._shares_rows(mask, dense_query, training):
+            # Equal rows get the same keys and the same weights: attend once per distinct row,
+            # without the query mask (`_copied_to_rows` applies it to the copies).
+            rows = distinct_rows(dense_query)
+            dense_query = tf.gather(dense_query, rows.representatives, batch_dims=1)  # [B, U, Dq]
+            selection_query = dense_query
+            selection_mask = AttentionMask(tf.shape(dense_query)[1], mask.num_keys, key_mask=mask.key_mask)
+        projected_query = self._project_query(selection_query, dense_query)  # [B, M|U, H, kd]
         projected_query = projected_query * tf.cast(self._key_dim ** -0.5, projected_query.dtype)
         context = selection_lib.SelectionContext(
-            query=query, key=key, projected_query=projected_query,
-            project_key=lambda: self._key_dense(key), mask=mask, num_heads=self._num_heads,
+            query=selection_query, key=key, projected_query=projected_query,
+            project_key=lambda: self._key_dense(key), mask=selection_mask, num_heads=self._num_heads,
             training=training)
+        if rows is not None:
+            context.max_queries = query.shape[1]
+            dense_query = None  # one row per distinct value already
         num_keys = key.shape[1]
         slots = self._top_k if num_keys is None else min(self._top_k, num_keys)
         indices, slot_valid, slot_logits = self._select(context, slots, dense_query)  # [B, H|1, M, k] each
@@ -245,14 +256,17 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             # The selector's scores are the logits already: no key is gathered, no q·k redone.
             # (Not while training: the logits' gradient would then go through top-k, which
             # builds a dense [B, H, M, block] gradient per key block.)
-            selected_value = self._selected_values(value, indices, slots)  # [B, H, M, k, vd]
+            selected_value = self._selected_values(value, indices, slots, context.max_queries)  # [B, H, M, k, vd]
             scores, weights = self._slot_weights(slot_logits, slot_valid, bias, training)
             attention_output = tf.einsum("bhmk,bhmkd->bmhd", weights, selected_value)  # [B, M, H, vd]
         else:
             selected_key, selected_value = self._selected_projections(context, key, value, indices, slots)
             attention_output, scores = self._compute_attention(
                 projected_query, selected_key, selected_value, slot_valid, bias, training)
-        output = self._output_dense(attention_output)  # [B, M, *out]
+        output = self._output_dense(attention_output)  # [B, M, *out] ([B, U, *out] when shared)
+        if rows is not None:
+            output, scores, indices, slot_valid = self._copied_to_rows(
+                rows, mask.query_mask, attention_output, output, scores, indices, slot_valid)
         if query_mask is not None:
             set_keras_mask(output, tf.cast(query_mask, tf.bool))
         if return_attention_scores:
@@ -382,6 +396,49 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         product = tf.sparse.sparse_dense_matmul(as_float32, tf.cast(dense, tf.float32))
         return tf.cast(product, dense.dtype)
 
+    def _shares_rows(self, mask, dense_query, training):
+        """Whether to select and attend once per distinct query row (see `_copied_to_rows`).
+
+        Equal rows of a batch item then have equal outputs exactly: the selector is `row_wise`
+        (its keys and `attention_bias` depend only on the row's content), no causal or explicit
+        mask tells the rows apart, no dropout draws a different mask per row, and
+        `_compute_attention` is not overridden (an override may look at row positions).
+        """
+        if dense_query is None or not getattr(self.selector, "row_wise", False):
+            return False
+        if self._overrides_attention() or (self._dropout > 0 and training not in (None, False)):
+            return False
+        return can_share_rows(dense_query, mask.attention_mask, mask.causal)
+
+    def _copied_to_rows(self, rows, query_mask, attention_output, output, scores, indices, slot_valid):
+        """Copies results computed per distinct row back to every row.
+
+        A masked query row gets what the unshared path gives it, no allowed slot: a zero context
+        (so the output bias alone), zero scores and -1 indices. Its equal unmasked rows keep
+        their own result, because the distinct rows were attended without the query mask.
+
+        Args:
+            rows: the `DistinctRows` of this call.
+            query_mask: bool `[B, M]` or None.
+            attention_output: `[B, U, H, vd]`, the context of each distinct row.
+            output: `[B, U, *out]`.
+            scores, indices, slot_valid: `[B, H, U, k]`, `[B, S, U, k]`, `[B, S', U, k]`.
+
+        Returns:
+            `(output [B, M, *out], scores [B, H, M, k], indices [B, S, M, k], slot_valid [B, S', M, k])`.
+        """
+        output = rows.expand(output, axis=1)  # [B, M, *out]
+        scores, indices, slot_valid = (rows.expand(part) for part in (scores, indices, slot_valid))  # [B, ·, M, k]
+        if query_mask is None:
+            return output, scores, indices, slot_valid
+        query_mask = tf.cast(query_mask, tf.bool)
+        empty_row = self._output_dense(tf.zeros_like(attention_output[:, :1]))  # [B, 1, *out]
+        keep = tf.reshape(query_mask, tf.concat([tf.shape(query_mask), tf.ones([output.shape.rank - 2], tf.int32)], 0))  # [B, M, 1, ...]
+        output = tf.where(keep, output, empty_row)
+        slot_valid = tf.logical_and(slot_valid, query_mask[:, None, :, None])  # [B, S', M, k]
+        scores = tf.where(slot_valid, scores, tf.zeros_like(scores))
+        return output, scores, indices, slot_valid
+
     def _overrides_attention(self):
         """Whether a subclass overrides `_compute_attention` (the fast paths then stay off)."""
         return type(self)._compute_attention is not SparseDenseMultiHeadAttention._compute_attention
@@ -465,19 +522,20 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         Only the selected tokens are projected when they are fewer than all N; otherwise (or when
         the selector already projected every key) all tokens are projected once and gathered.
         """
-        num_keys, num_queries = key.shape[1], indices.shape[2]
+        num_keys, num_queries = key.shape[1], context.max_queries
         select_rows = (num_keys is not None and num_queries is not None
                        and indices.shape[1] * num_queries * slots < num_keys)
         if context.has_projected_key or not select_rows:
             selected_key = self._gather_heads(context.projected_key, indices)  # [B, H, M, k, kd]
         else:
             selected_key = self._project_selected(key, self._key_dense, indices)  # [B, H, M, k, kd]
-        return selected_key, self._selected_values(value, indices, slots)
+        return selected_key, self._selected_values(value, indices, slots, num_queries)
 
-    def _selected_values(self, value, indices, slots):
+    def _selected_values(self, value, indices, slots, num_queries):
         """Projected values of the selected slots, `[B, H, M, k, vd]`: only the selected tokens
-        are projected when they are fewer than all N, else all tokens once, then gathered."""
-        num_keys, num_queries = value.shape[1], indices.shape[2]
+        are projected when they are fewer than all N (`num_queries`, a static bound of M, or
+        None), else all tokens once, then gathered."""
+        num_keys = value.shape[1]
         if (num_keys is not None and num_queries is not None
                 and indices.shape[1] * num_queries * slots < num_keys):
             return self._project_selected(value, self._value_dense, indices)  # [B, H, M, k, vd]
@@ -492,7 +550,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         """
         if indices.shape[1] != 1 or context.has_projected_key or self._overrides_attention():
             return False
-        num_queries, num_keys = context.num_queries, context.num_keys
+        num_queries, num_keys = context.max_queries, context.num_keys
         if not isinstance(num_queries, int) or not isinstance(num_keys, int):
             return False
         heads, key_depth = self._num_heads, self._key_dim + self._value_dim
@@ -535,7 +593,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             # q·b_K, the same for every slot of a (query, head) row: the softmax ignores it, but
             # it keeps Keras's logits (and the key bias's gradient, zero, defined).
             key_bias = tf.cast(self._key_dense.bias, query.dtype)  # [H, kd]
-            logits = logits + tf.einsum("bmhe,he->bmh", query, key_bias)[..., None]
+            logits = logits + tf.reduce_sum(query * key_bias, axis=-1, keepdims=True)  # [B, M, H, 1]
         by_query = [0, 2, 1, 3]  # [B, H, M, k] ↔ [B, M, H, k]
         slot_valid = tf.transpose(slot_valid, by_query)  # [B, M, S', k]
         if bias is not None:

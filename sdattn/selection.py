@@ -323,8 +323,9 @@ class Selector(keras.layers.Layer):
 
     #: Whether each head selects its own keys (True) or all heads share one selection.
     per_head = False
-    #: Whether a row's selection depends only on that row's content (and the keys), not on its
-    #: position or on other rows: the layer then selects once per distinct query row.
+    #: Whether a row's selection and `attention_bias` depend only on that row's content (and
+    #: the keys), not on its position or on other rows: the layer then selects and attends
+    #: once per distinct query row.
     row_wise = False
     #: Whether `scores` are exactly the attention logits q·k of the layer (projected, scaled
     #: query times projected key): `select_scored` then hands them to the layer.

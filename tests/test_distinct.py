@@ -188,3 +188,87 @@ def test_hybrid_shares_its_dot_part_between_equal_rows(block_size, monkeypatch):
     plain_output, _, plain_indices = layer(sparse, value, value_mask=value_mask, return_attention_scores=True)
     np.testing.assert_array_equal(indices.numpy(), plain_indices.numpy())
     np.testing.assert_allclose(output.numpy(), plain_output.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _attended_rows(monkeypatch):
+    """Records the number of rows attended per batch item each time rows are shared."""
+    attended = []
+    original = SparseDenseMultiHeadAttention._copied_to_rows
+
+    def spy(layer, rows, query_mask, attention_output, *rest):
+        attended.append(attention_output.shape[1])
+        return original(layer, rows, query_mask, attention_output, *rest)
+
+    monkeypatch.setattr(SparseDenseMultiHeadAttention, "_copied_to_rows", spy)
+    return attended
+
+
+@pytest.mark.parametrize("selector", ["cosine", "dot"])
+def test_equal_rows_are_attended_once(selector, monkeypatch):
+    attended = _attended_rows(monkeypatch)
+    rng = np.random.default_rng(8)
+    query, value = repeated_rows_case(rng, distinct=(3, 5))
+    layer = SparseDenseMultiHeadAttention(2, 4, 5, selector=selector)
+    layer(tf.sparse.from_dense(query), value)
+    assert attended == [5]  # the most distinct rows of any item, not the 12 rows
+
+
+@pytest.mark.parametrize("selector", ["cosine", "learned"])
+def test_shared_attention_keeps_masked_rows_and_output_shape(selector):
+    """A masked row gets the unshared path's answer (the output bias alone, -1 indices) even
+    when its twin is unmasked, with a multi-axis output and a value mask as well."""
+    rng = np.random.default_rng(9)
+    query, value = repeated_rows_case(rng)
+    query_mask = np.ones(query.shape[:2], bool)
+    query_mask[0, [0, 5]] = False
+    query_mask[1, 7:] = False
+    value_mask = rng.random(value.shape[:2]) > 0.3
+    layer = SparseDenseMultiHeadAttention(2, 4, 5, selector=selector, output_shape=(2, 3),
+                                          bias_initializer="random_normal")
+    kwargs = dict(query_mask=query_mask, value_mask=value_mask, return_attention_scores=True)
+    shared = layer(tf.sparse.from_dense(query), value, **kwargs)
+    _without_sharing(layer)
+    plain = layer(tf.sparse.from_dense(query), value, **kwargs)
+    assert shared[0].shape == (2, 12, 2, 3)
+    np.testing.assert_array_equal(shared[2].numpy(), plain[2].numpy())
+    for got, expected in zip(shared[:2], plain[:2]):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    output_bias = layer.get_weights()[7]
+    np.testing.assert_allclose(shared[0].numpy()[0, 0], output_bias, rtol=1e-6)
+
+
+@pytest.mark.parametrize("selector", ["dot", "learned"])
+def test_shared_attention_trains_like_per_row_attention(selector):
+    rng = np.random.default_rng(10)
+    query, value = repeated_rows_case(rng, keys=30)
+    sparse = tf.sparse.from_dense(query)
+    layer = SparseDenseMultiHeadAttention(2, 4, 6, selector=selector)
+    layer(sparse, value)
+    gradients = []
+    for share in (True, False):
+        if not share:
+            _without_sharing(layer)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(sparse, value, training=True) ** 2)
+        gradients.append(tape.gradient(loss, layer.trainable_weights))
+    for shared, plain in zip(*gradients):
+        assert shared is not None and plain is not None
+        np.testing.assert_allclose(shared.numpy(), plain.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_rows_are_attended_each_under_training_dropout_or_a_custom_attention(monkeypatch):
+    attended = _attended_rows(monkeypatch)
+    rng = np.random.default_rng(11)
+    query, value = repeated_rows_case(rng)
+    dropout_layer = SparseDenseMultiHeadAttention(2, 4, 5, selector="cosine", dropout=0.5)
+    dropout_layer(query, value, training=True)  # every row draws its own dropout mask
+    assert attended == []
+    dropout_layer(query, value)  # inference: dropout is off, rows are shared
+    assert attended == [5]
+
+    class Custom(SparseDenseMultiHeadAttention):
+        def _compute_attention(self, query, *args, **kwargs):
+            return super()._compute_attention(query, *args, **kwargs)
+
+    Custom(2, 4, 5, selector="cosine")(query, value)
+    assert attended == [5]
