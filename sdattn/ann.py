@@ -193,10 +193,12 @@ class AnnSelector(Selector):
             `"hnsw"` (graph, `IndexHNSWFlat`/`IndexHNSWSQ`) or `"exact"` (`IndexFlatIP`).
         nlist: IVF lists; None gives round(4·sqrt(n)), the rule that measured recall 1.0 on
             Config P at 16K and 64K keys.
-        nprobe: IVF lists searched per query; None gives the larger of ceil(nlist / 128) and
+        nprobe: IVF lists searched per query; None gives the larger of ceil(nlist / 256) and
             enough lists to hold about 4·k keys, ceil(4·k·nlist / n). On Config P (recall@32
-            against exact cosine): 8 of 256 lists at 4K keys, 4 of 512 at 16K (0.998), 8 of
-            1,024 at 64K (1.0), 32 of 4,096 at 1M (1.0, where 8 give only 0.81).
+            against exact cosine): 4 of 512 lists at 16K keys (0.997), 4 of 1,024 at 64K
+            (0.959; 8 give 1.0 for 30% more search time), 16 of 4,096 at 1M (0.997, where 8
+            give only 0.81). A row whose probed lists hold fewer than k keys (lists are uneven)
+            is searched again with 4× the lists.
         ef_search: HNSW search breadth; None gives max(64, 2·k).
         hnsw_neighbors: HNSW graph degree (Faiss's M).
         exact_threshold: at most this many valid keys, search exactly: an index would not
@@ -432,6 +434,11 @@ class AnnSelector(Selector):
             scores = self._rescored(entry, keys, safe_candidates, row_queries)
         # With float32 storage the index's inner products (of normalised rows, for cosine) are
         # the exact similarities already.
+        if not pair_masked and entry.storage != "sq8" and fetch == k and found.all():
+            # Faiss returns every row full and by decreasing score: only equal scores may
+            # still need ordering by position.
+            result[0, rows] = self._ties_by_position(scores, candidates)
+            return result
         for head in range(mask_heads):
             allowed = found.copy()
             if causal:
@@ -452,6 +459,17 @@ class AnnSelector(Selector):
                                                  causal, head_mask, k)
             result[head, rows] = chosen
         return result
+
+    @staticmethod
+    def _ties_by_position(scores, candidates):
+        """Candidates `[r, k]` sorted by decreasing score already, equal scores put in
+        increasing position (as `tf.math.top_k` breaks ties); only rows with a tie are sorted."""
+        tied = np.flatnonzero((scores[:, 1:] == scores[:, :-1]).any(axis=-1))
+        if tied.size:
+            candidates = candidates.copy()
+            order = np.lexsort((candidates[tied], -scores[tied]), axis=-1)
+            candidates[tied] = np.take_along_axis(candidates[tied], order, axis=-1)
+        return candidates
 
     @staticmethod
     def _allowed_counts(num_valid, key_valid, rows, causal, head_mask):
@@ -589,22 +607,37 @@ class AnnSelector(Selector):
         return index
 
     def _search(self, entry, row_queries, fetch):
-        """`(scores, ids)`, each `[r, fetch]`: index ids, -1 where the index found too few."""
+        """`(scores, ids)`, each `[r, fetch]`: index ids, -1 where the index found too few.
+
+        An IVF row whose probed lists hold fewer than `fetch` keys (lists are uneven) is
+        searched again with 4× the lists, up to all of them, rather than left short.
+        """
         faiss = _faiss()
         row_queries = np.ascontiguousarray(row_queries, np.float32)
-        params = None
-        if entry.kind == "ivf":
-            nlist = faiss.extract_index_ivf(entry.index).nlist
-            default = max(1, math.ceil(nlist / 128), math.ceil(4 * fetch * nlist / max(entry.num_valid, 1)))
-            nprobe = min(self.nprobe or default, nlist)
-            params = faiss.SearchParametersIVF(nprobe=nprobe)
-        elif entry.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=self.ef_search or max(64, 2 * fetch))
-        if params is not None and type(entry.index).__name__.startswith("Gpu"):
-            # GPU indexes take their search breadth as an attribute, not per call.
-            entry.index.nprobe = params.nprobe
+        if entry.kind != "ivf":
             params = None
-        return entry.index.search(row_queries, fetch, params=params)
+            if entry.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(efSearch=self.ef_search or max(64, 2 * fetch))
+            return entry.index.search(row_queries, fetch, params=params)
+        nlist = faiss.extract_index_ivf(entry.index).nlist
+        default = max(1, math.ceil(nlist / 256), math.ceil(4 * fetch * nlist / max(entry.num_valid, 1)))
+        nprobe = min(self.nprobe or default, nlist)
+        scores, ids = self._search_ivf(entry, row_queries, fetch, nprobe)
+        short = np.flatnonzero(ids[:, -1] < 0)  # Faiss fills from the front, -1 after the last hit
+        while short.size and nprobe < nlist and fetch <= entry.num_valid:
+            nprobe = min(nlist, 4 * nprobe)
+            scores[short], ids[short] = self._search_ivf(entry, row_queries[short], fetch, nprobe)
+            short = short[ids[short, -1] < 0]
+        return scores, ids
+
+    @staticmethod
+    def _search_ivf(entry, row_queries, fetch, nprobe):
+        faiss = _faiss()
+        if type(entry.index).__name__.startswith("Gpu"):
+            # GPU indexes take their search breadth as an attribute, not per call.
+            entry.index.nprobe = nprobe
+            return entry.index.search(row_queries, fetch)
+        return entry.index.search(row_queries, fetch, params=faiss.SearchParametersIVF(nprobe=nprobe))
 
     def get_config(self):
         config = super().get_config()

@@ -272,3 +272,37 @@ def test_graph_hashes_the_keys_it_searches():
         chosen = graph_indices.numpy()
         assert value_mask[np.nonzero(chosen >= 0)[0], chosen[chosen >= 0]].all()
     assert len(layer.selector._index_cache) == 6  # 3 key sets × 2 batch items
+
+
+# ---- uneven lists and ties ---------------------------------------------------------------------
+
+def test_rows_whose_probed_lists_are_short_search_more_lists_not_all_keys(monkeypatch):
+    """With 1 probe of 64 lists over 600 keys, some probed lists hold fewer than k = 10 keys: those
+    rows are searched again with 4× the lists (never the exact fallback), and come back full."""
+    rng = np.random.default_rng(12)
+    query, value = random_case(rng, 1, 40, 600, 8, 8)
+    selector = AnnSelector(exact_threshold=0, nlist=64, nprobe=1)
+    probes = []
+    original = AnnSelector._search_ivf
+
+    def counted(entry, row_queries, fetch, nprobe):
+        probes.append((len(row_queries), nprobe))
+        return original(entry, row_queries, fetch, nprobe)
+
+    monkeypatch.setattr(AnnSelector, "_search_ivf", staticmethod(counted))
+    monkeypatch.setattr(AnnSelector, "_exact_rows", lambda *args: pytest.fail("exact fallback used"))
+    selected = selector.search_numpy(query, value, 10)
+    assert (selected >= 0).all()
+    assert probes[0] == (40, 1) and len(probes) >= 2 and probes[1][1] == 4
+    assert probes[1][0] < 40  # only the short rows are searched again
+    for row in selected.reshape(-1, 10):
+        assert len(set(row)) == 10
+    assert recall(selected, exact_cosine_top_k(query, value, 10)) >= 0.5
+
+
+def test_equal_scores_are_ordered_by_position():
+    scores = np.array([[0.9, 0.5, 0.5, 0.5, 0.1], [0.9, 0.8, 0.7, 0.6, 0.5]], np.float32)
+    candidates = np.array([[4, 9, 2, 7, 0], [5, 3, 1, 8, 2]])
+    ordered = AnnSelector._ties_by_position(scores, candidates)
+    np.testing.assert_array_equal(ordered, [[4, 2, 7, 9, 0], [5, 3, 1, 8, 2]])
+    np.testing.assert_array_equal(candidates[0], [4, 9, 2, 7, 0])  # the input is left alone
