@@ -31,8 +31,8 @@ _STORAGES = ("auto", "flat", "sq8")
 
 _gpu_lock = threading.Lock()
 _gpu_resources = None
-_hash_pool = None
-_hash_pool_lock = threading.Lock()
+_pool = None
+_pool_lock = threading.Lock()
 
 
 def _faiss():
@@ -141,18 +141,31 @@ def _fingerprint(keys, key_valid):
     return digest.digest()
 
 
+def _thread_pool():
+    """The process-wide pool that hashes and searches batch items in parallel (xxhash and Faiss
+    release the GIL)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="sdattn-ann")
+    return _pool
+
+
+def _single_threaded(function, *args):
+    """Runs `function(*args)` with Faiss (OpenMP) limited to the calling thread. OpenMP's
+    thread count is per thread, so this leaves other threads' Faiss calls as they were."""
+    _faiss().omp_set_num_threads(1)
+    return function(*args)
+
+
 def _fingerprints(keys, key_mask):
-    """`_fingerprint` of every batch item, hashed in parallel threads (xxhash releases the GIL)."""
-    global _hash_pool
+    """`_fingerprint` of every batch item, hashed in parallel threads."""
     items = [(keys[item], None if key_mask is None else np.asarray(key_mask[item], bool))
              for item in range(keys.shape[0])]
     if len(items) < 2:
         return [_fingerprint(*item) for item in items]
-    with _hash_pool_lock:
-        if _hash_pool is None:
-            _hash_pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="sdattn-ann-hash")
-    return list(_hash_pool.map(lambda item: _fingerprint(*item), items))
+    return list(_thread_pool().map(lambda item: _fingerprint(*item), items))
 
 
 def _fingerprint_rows(keys, key_mask=None):
@@ -388,16 +401,25 @@ class AnnSelector(Selector):
             query = query / (np.linalg.norm(query, axis=-1, keepdims=True) + np.float32(self.epsilon))
         if fingerprints is None:
             fingerprints = _fingerprints(keys, key_mask)
-        for batch_item in range(batch):
+        def select(batch_item):
             rows = (np.arange(num_queries) if query_mask is None
                     else np.flatnonzero(np.asarray(query_mask[batch_item])))
             key_valid = None if key_mask is None else np.asarray(key_mask[batch_item], bool)
             if rows.size == 0 or (key_valid is not None and not key_valid.any()):
-                continue
+                return
             item_mask = None if attention_mask is None else attention_mask[min(batch_item, attention_mask.shape[0] - 1)]
             selected[batch_item] = self._select_item(
                 query[batch_item], keys[batch_item], key_valid, rows, item_mask, causal, k, mask_heads,
                 fingerprints[batch_item])
+
+        if batch > 1 and not (self.use_gpu and _gpu_resource() is not None):
+            # One batch item per thread, each searching with one OpenMP thread: measured about
+            # 1 ms faster per call (of 11–18 ms) than items in turn with two OpenMP threads
+            # each, whose barriers stall whenever TF's own threads take a core.
+            list(_thread_pool().map(lambda item: _single_threaded(select, item), range(batch)))
+        else:
+            for batch_item in range(batch):
+                select(batch_item)
         return selected
 
     def _rescored(self, entry, keys, positions, row_queries):

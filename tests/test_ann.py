@@ -306,3 +306,19 @@ def test_equal_scores_are_ordered_by_position():
     ordered = AnnSelector._ties_by_position(scores, candidates)
     np.testing.assert_array_equal(ordered, [[4, 2, 7, 9, 0], [5, 3, 1, 8, 2]])
     np.testing.assert_array_equal(candidates[0], [4, 9, 2, 7, 0])  # the input is left alone
+
+
+def test_batch_items_searched_in_parallel_equal_items_searched_alone():
+    import faiss
+
+    rng = np.random.default_rng(13)
+    query, value = random_case(rng, 3, 20, 500, 8, 8)
+    query_mask = rng.random((3, 20)) < 0.8
+    selector = AnnSelector(exact_threshold=0, nlist=16, nprobe=3)
+    threads = faiss.omp_get_max_threads()
+    together = selector.search_numpy(query, value, 6, query_mask=query_mask)
+    assert faiss.omp_get_max_threads() == threads  # the caller's OpenMP threads are left alone
+    for item in range(3):
+        alone = selector.search_numpy(query[item:item + 1], value[item:item + 1], 6,
+                                      query_mask=query_mask[item:item + 1])
+        np.testing.assert_array_equal(together[item], alone[0])
