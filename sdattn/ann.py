@@ -204,14 +204,15 @@ class AnnSelector(Selector):
         metric: `"cosine"` (rows are L2-normalised) or `"ip"` (raw inner product).
         index_type: `"ivf"` (inverted lists, Faiss `IndexIVFFlat`/`IndexIVFScalarQuantizer`),
             `"hnsw"` (graph, `IndexHNSWFlat`/`IndexHNSWSQ`) or `"exact"` (`IndexFlatIP`).
-        nlist: IVF lists; None gives round(4·sqrt(n)), the rule that measured recall 1.0 on
-            Config P at 16K and 64K keys.
-        nprobe: IVF lists searched per query; None gives the larger of ceil(nlist / 256) and
-            enough lists to hold about 4·k keys, ceil(4·k·nlist / n). On Config P (recall@32
-            against exact cosine): 4 of 512 lists at 16K keys (0.997), 4 of 1,024 at 64K
-            (0.959; 8 give 1.0 for 30% more search time), 16 of 4,096 at 1M (0.997, where 8
-            give only 0.81). A row whose probed lists hold fewer than k keys (lists are uneven)
-            is searched again with 4× the lists.
+        nlist: IVF lists; None gives round(sqrt(n)), which balances the two costs of a
+            query, comparing it with every list's centroid (nlist·D) and scanning the keys of
+            a probed list (n/nlist·D).
+        nprobe: IVF lists searched per query; None gives the largest of ceil(nlist / 256)
+            and ceil(4·k·nlist / n) (lists holding about 4·k keys). On Config P (recall@32
+            against exact cosine): 1 of 128 lists at 16K keys (0.967), 1 of 256 at 64K
+            (0.962), 4 of 1,024 at 1M (0.968, where 1 gives only 0.51: its 256 topics span
+            several lists each). A row whose probed lists hold fewer than k keys (lists are
+            uneven) is searched again with 4× the lists.
         ef_search: HNSW search breadth; None gives max(64, 2·k).
         hnsw_neighbors: HNSW graph degree (Faiss's M).
         exact_threshold: at most this many valid keys, search exactly: an index would not
@@ -401,6 +402,7 @@ class AnnSelector(Selector):
             query = query / (np.linalg.norm(query, axis=-1, keepdims=True) + np.float32(self.epsilon))
         if fingerprints is None:
             fingerprints = _fingerprints(keys, key_mask)
+
         def select(batch_item):
             rows = (np.arange(num_queries) if query_mask is None
                     else np.flatnonzero(np.asarray(query_mask[batch_item])))
@@ -600,7 +602,7 @@ class AnnSelector(Selector):
             else:
                 index = faiss.IndexHNSWFlat(dim, self.hnsw_neighbors, inner_product)
         else:
-            nlist = self.nlist or max(1, round(4 * math.sqrt(num_valid)))
+            nlist = self.nlist or max(1, round(math.sqrt(num_valid)))
             nlist = min(nlist, num_valid)
             coarse = faiss.IndexFlatIP(dim)
             if storage == "sq8":
