@@ -237,6 +237,7 @@ class AnnSelector(Selector):
     """
 
     row_wise = True
+    selects_outside_tf = True
 
     def __init__(self, metric="cosine", index_type="ivf", nlist=None, nprobe=None, ef_search=None,
                  hnsw_neighbors=32, exact_threshold=8192, storage="auto", oversample=2.0,

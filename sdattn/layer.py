@@ -248,6 +248,10 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         num_keys = key.shape[1]
         slots = self._top_k if num_keys is None else min(self._top_k, num_keys)
         indices, slot_valid, slot_logits = self._select(context, slots, dense_query)  # [B, H|1, M, k] each
+        if getattr(self.selector, "selects_outside_tf", False) and not tf.executing_eagerly():
+            # Attention waits for the selection rather than competing with it for cores.
+            with tf.control_dependencies([indices]):
+                projected_query = tf.identity(projected_query)
         bias = self.selector.attention_bias(context, tf.where(slot_valid, indices, 0))
         if self._should_fold(context, indices, slots):
             attention_output, scores = self._attend_folded(

@@ -324,3 +324,32 @@ def test_batch_items_searched_in_parallel_equal_items_searched_alone():
         alone = selector.search_numpy(query[item:item + 1], value[item:item + 1], 6,
                                       query_mask=query_mask[item:item + 1])
         np.testing.assert_array_equal(together[item], alone[0])
+
+
+@pytest.mark.parametrize("selector", ["ann", "cosine"])
+def test_attention_waits_for_a_selection_made_outside_tf(selector):
+    """Faiss searches in a numpy_function; TF's threads would slow it down by competing for the
+    cores, so attention ops wait for it (a control dependency). TF selectors need no wait."""
+    rng = np.random.default_rng(14)
+    query, value = random_case(rng, 2, 6, 30, 8, 8)
+    chosen = {"name": selector, "exact_threshold": 0, "nlist": 4} if selector == "ann" else selector
+    layer = SparseDenseMultiHeadAttention(2, 4, 5, selector=chosen)
+    graph = tf.function(lambda q, v: layer(q, v)).get_concrete_function(
+        tf.constant(query), tf.constant(value)).graph
+
+    def after_search(op):  # whether a numpy_function (the search) is upstream of `op`
+        seen, stack = set(), [op]
+        while stack:
+            node = stack.pop()
+            if node.type in ("PyFunc", "PyFuncStateless", "EagerPyFunc"):
+                return True
+            if node.name not in seen:
+                seen.add(node.name)
+                stack.extend(tensor.op for tensor in node.inputs)
+        return False
+
+    waiting = [op for op in graph.get_operations()
+               if op.type == "Identity" and any(after_search(control) for control in op.control_inputs)]
+    assert bool(waiting) == (selector == "ann")
+    np.testing.assert_allclose(tf.function(lambda q, v: layer(q, v))(query, value).numpy(),
+                               layer(query, value).numpy(), rtol=1e-5, atol=1e-6)
