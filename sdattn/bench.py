@@ -105,9 +105,9 @@ def total_memory_gb():
 def config(num_keys, num_queries=None, batch=2, dim=256, heads=8, key_dim=32, top_k=32, share_rows=True):
     """The benchmark configuration of one size: Config P, with M=1,024 above `LARGE_SIZE`.
 
-    `share_rows=False` makes every selector select for each query row, even for rows equal to
-    another (Config P's 512 queries come from 256 topic centres, so about 215 rows per batch
-    item are distinct): it measures what selecting once per distinct row contributes.
+    `share_rows=False` makes the layer select and attend for each query row, even for rows
+    equal to another (Config P's 512 queries come from 256 topic centres, so about 215 rows per
+    batch item are distinct): it measures what computing each distinct row once contributes.
     """
     if num_queries is None:
         num_queries = LARGE_QUERIES if num_keys > LARGE_SIZE else 512
@@ -447,7 +447,7 @@ def markdown_table(records, environment):
         f"under `tf.function`, median of {environment['repeats']} runs after {WARMUP_CALLS} warm-up calls. Measured "
         f"{environment['date']} on {environment['machine']}, TensorFlow {environment['tensorflow']}."
         + ("" if first.get("share_rows", True) else
-           " Every query row selected for itself (`--per-row-selection`): equal rows not shared."),
+           " Every query row computed for itself (`--per-row-selection`): equal rows not shared."),
         "",
         "| N | M | method | time (ms) | × faster than MHA | × faster than naive top-k | × K/V floor "
         "| recall@k vs cosine | index build (s) | peak RSS (MiB) |",
@@ -520,8 +520,9 @@ def parse_args(argv):
     parser.add_argument("--top-k", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-row-selection", action="store_true",
-                        help="select for every query row, even rows equal to another (by default "
-                             "selectors that allow it select once per distinct row)")
+                        help="select and attend for every query row, even rows equal to another (by "
+                             "default selectors that allow it make the layer compute each distinct "
+                             "row once)")
     parser.add_argument("--dense-limit-gb", type=float, default=None,
                         help="skip MHA and the naive baseline when their score tensor exceeds this "
                              "(default: a quarter of physical memory)")

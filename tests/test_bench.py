@@ -87,7 +87,7 @@ def test_per_row_selection_turns_row_sharing_off_and_says_so(tmp_path):
     records = bench.main(["--sizes", "64", "--selectors", "cosine", *TOY, "--per-row-selection",
                           "--markdown", str(markdown_path)])
     assert all(r["share_rows"] is False for r in records)
-    assert "Every query row selected for itself" in markdown_path.read_text()
+    assert "Every query row computed for itself" in markdown_path.read_text()
     for share_rows in (True, False):
         cfg = bench.config(64, 8, dim=16, heads=2, key_dim=4, top_k=4, share_rows=share_rows)
         inputs = bench.make_inputs(cfg, seed=0)
