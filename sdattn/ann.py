@@ -237,6 +237,8 @@ class AnnSelector(Selector):
     """
 
     row_wise = True
+    # Faiss searches in a numpy_function. (At most `exact_threshold` keys the search runs in TF;
+    # attention waiting for it there measured no slower.)
     selects_outside_tf = True
 
     def __init__(self, metric="cosine", index_type="ivf", nlist=None, nprobe=None, ef_search=None,
@@ -657,6 +659,7 @@ class AnnSelector(Selector):
 
     @staticmethod
     def _search_ivf(entry, row_queries, fetch, nprobe):
+        """One IVF search with `nprobe` lists: `(scores, ids)`, each `[r, fetch]`."""
         faiss = _faiss()
         if type(entry.index).__name__.startswith("Gpu"):
             # GPU indexes take their search breadth as an attribute, not per call.
