@@ -1,5 +1,6 @@
-"""Distinct query rows: a selection that depends only on a row's content is computed once per
-distinct row of each batch item, then copied to the row's duplicates."""
+"""Distinct query rows: a selection (and the attention after it) that depends only on a row's
+content is computed once per distinct row of each batch item, then copied to the row's
+duplicates."""
 
 import tensorflow as tf
 
