@@ -231,7 +231,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         rows, selection_query, selection_mask = None, query, mask
         if self._shares_rows(mask, dense_query, training):
             # Equal rows get the same keys and the same weights: attend once per distinct row,
-            # without the query mask (`_copied_to_rows` applies it to the copies).
+            # without the query mask (applied to the copies when they are made).
             rows = distinct_rows(dense_query)
             dense_query = tf.gather(dense_query, rows.representatives, batch_dims=1)  # [B, U, Dq]
             selection_query = dense_query
@@ -269,11 +269,13 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                 projected_query, selected_key, selected_value, slot_valid, bias, training)
         output = self._output_dense(attention_output)  # [B, M, *out] ([B, U, *out] when shared)
         if rows is not None:
-            output, scores, indices, slot_valid = self._copied_to_rows(
-                rows, mask.query_mask, attention_output, output, scores, indices, slot_valid)
+            output = self._output_copied_to_rows(rows, mask.query_mask, attention_output, output)
         if query_mask is not None:
             set_keras_mask(output, tf.cast(query_mask, tf.bool))
         if return_attention_scores:
+            if rows is not None:
+                scores, indices, slot_valid = self._slots_copied_to_rows(
+                    rows, mask.query_mask, scores, indices, slot_valid)
             full_shape = tf.shape(scores)
             indices = tf.broadcast_to(tf.where(slot_valid, indices, -1), full_shape)  # [B, H, M, k]
             return output, scores, indices
@@ -401,7 +403,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         return tf.cast(product, dense.dtype)
 
     def _shares_rows(self, mask, dense_query, training):
-        """Whether to select and attend once per distinct query row (see `_copied_to_rows`).
+        """Whether to select and attend once per distinct query row (see `_output_copied_to_rows`).
 
         Equal rows of a batch item then have equal outputs exactly: the selector is `row_wise`
         (its keys and `attention_bias` depend only on the row's content), no causal or explicit
@@ -414,34 +416,41 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             return False
         return can_share_rows(dense_query, mask.attention_mask, mask.causal)
 
-    def _copied_to_rows(self, rows, query_mask, attention_output, output, scores, indices, slot_valid):
-        """Copies results computed per distinct row back to every row.
+    def _output_copied_to_rows(self, rows, query_mask, attention_output, output):
+        """Copies the output computed per distinct row back to every row: `[B, U, *out]` →
+        `[B, M, *out]`.
 
-        A masked query row gets what the unshared path gives it, no allowed slot: a zero context
-        (so the output bias alone), zero scores and -1 indices. Its equal unmasked rows keep
-        their own result, because the distinct rows were attended without the query mask.
+        A masked query row gets what the unshared path gives it, no allowed slot: a zero context,
+        so the output bias alone. Its equal unmasked rows keep their own result, because the
+        distinct rows were attended without the query mask.
 
         Args:
             rows: the `DistinctRows` of this call.
             query_mask: bool `[B, M]` or None.
             attention_output: `[B, U, H, vd]`, the context of each distinct row.
             output: `[B, U, *out]`.
-            scores, indices, slot_valid: `[B, H, U, k]`, `[B, S, U, k]`, `[B, S', U, k]`.
-
-        Returns:
-            `(output [B, M, *out], scores [B, H, M, k], indices [B, S, M, k], slot_valid [B, S', M, k])`.
         """
         output = rows.expand(output, axis=1)  # [B, M, *out]
-        scores, indices, slot_valid = (rows.expand(part) for part in (scores, indices, slot_valid))  # [B, ·, M, k]
         if query_mask is None:
-            return output, scores, indices, slot_valid
+            return output
         query_mask = tf.cast(query_mask, tf.bool)
         empty_row = self._output_dense(tf.zeros_like(attention_output[:, :1]))  # [B, 1, *out]
         keep = tf.reshape(query_mask, tf.concat([tf.shape(query_mask), tf.ones([output.shape.rank - 2], tf.int32)], 0))  # [B, M, 1, ...]
-        output = tf.where(keep, output, empty_row)
-        slot_valid = tf.logical_and(slot_valid, query_mask[:, None, :, None])  # [B, S', M, k]
-        scores = tf.where(slot_valid, scores, tf.zeros_like(scores))
-        return output, scores, indices, slot_valid
+        return tf.where(keep, output, empty_row)
+
+    @staticmethod
+    def _slots_copied_to_rows(rows, query_mask, scores, indices, slot_valid):
+        """Copies the slots of each distinct row back to every row (only when they are returned):
+        `[B, ·, U, k]` → `[B, ·, M, k]`; a masked query row's slots are invalid, with zero scores.
+
+        Returns:
+            `(scores [B, H, M, k], indices [B, S, M, k], slot_valid [B, S', M, k])`.
+        """
+        scores, indices, slot_valid = (rows.expand(part) for part in (scores, indices, slot_valid))  # [B, ·, M, k]
+        if query_mask is not None:
+            slot_valid = tf.logical_and(slot_valid, tf.cast(query_mask, tf.bool)[:, None, :, None])  # [B, S', M, k]
+            scores = tf.where(slot_valid, scores, tf.zeros_like(scores))
+        return scores, indices, slot_valid
 
     def _overrides_attention(self):
         """Whether a subclass overrides `_compute_attention` (the fast paths then stay off)."""

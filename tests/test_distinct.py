@@ -193,13 +193,13 @@ def test_hybrid_shares_its_dot_part_between_equal_rows(block_size, monkeypatch):
 def _attended_rows(monkeypatch):
     """Records the number of rows attended per batch item each time rows are shared."""
     attended = []
-    original = SparseDenseMultiHeadAttention._copied_to_rows
+    original = SparseDenseMultiHeadAttention._output_copied_to_rows
 
     def spy(layer, rows, query_mask, attention_output, *rest):
         attended.append(attention_output.shape[1])
         return original(layer, rows, query_mask, attention_output, *rest)
 
-    monkeypatch.setattr(SparseDenseMultiHeadAttention, "_copied_to_rows", spy)
+    monkeypatch.setattr(SparseDenseMultiHeadAttention, "_output_copied_to_rows", spy)
     return attended
 
 
