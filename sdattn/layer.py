@@ -235,7 +235,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             rows = distinct_rows(dense_query)
             dense_query = tf.gather(dense_query, rows.representatives, batch_dims=1)  # [B, U, Dq]
             selection_query = dense_query
-            selection_mask = AttentionMask(tf.shape(dense_query)[1], mask.num_keys, key_mask=mask.key_mask)
+            selection_mask = mask.for_distinct_rows(tf.shape(dense_query)[1])
         projected_query = self._project_query(selection_query, dense_query)  # [B, M|U, H, kd]
         projected_query = projected_query * tf.cast(self._key_dim ** -0.5, projected_query.dtype)
         context = selection_lib.SelectionContext(

@@ -7,7 +7,6 @@ import keras
 import tensorflow as tf
 
 from sdattn import distinct as distinct_lib
-from sdattn.masking import AttentionMask
 
 _REGISTRY = {}
 _DESCRIPTIONS = {}
@@ -272,9 +271,9 @@ class SelectionContext:
         """The context of some query rows only, for selecting once per distinct row.
 
         The query becomes the dense rows `rows` of `dense_query`; the keys, their lazy
-        projection (shared, so it is still computed at most once) and the key mask stay. The
-        query mask is dropped: a masked row's slots are marked invalid by the layer anyway, and
-        an equal unmasked row must still get its real selection.
+        projection (shared, so it is still computed at most once) and the key mask stay
+        (`AttentionMask.for_distinct_rows`): a masked row's slots are marked invalid by the
+        layer anyway, and an equal unmasked row must still get its real selection.
 
         Args:
             rows: int32 `[B, U]` row positions in each batch item.
@@ -285,9 +284,9 @@ class SelectionContext:
         """
         query = tf.gather(dense_query, rows, batch_dims=1)  # [B, U, Dq]
         projected_query = tf.gather(self.projected_query, rows, batch_dims=1)  # [B, U, H, kd]
-        mask = AttentionMask(tf.shape(rows)[1], self.num_keys, key_mask=self.mask.key_mask)
-        distinct = SelectionContext(query, self.key, projected_query, lambda: self.projected_key, mask,
-                                    self.num_heads, training=self.training)
+        distinct = SelectionContext(query, self.key, projected_query, lambda: self.projected_key,
+                                    self.mask.for_distinct_rows(tf.shape(rows)[1]), self.num_heads,
+                                    training=self.training)
         distinct.max_queries = self.max_queries
         return distinct
 
