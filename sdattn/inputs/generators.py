@@ -163,6 +163,15 @@ def _unit_rows(array: np.ndarray) -> np.ndarray:
     return array / np.maximum(norms, np.finfo(array.dtype).tiny)
 
 
+def _random_size_params(batch_size, num_queries, num_keys, query_dim, value_dim, density):
+    """The checked sizes and density of a random sparse query over Gaussian tokens (the `random`
+    and `variable_length` generators): positive ints, and a density in (0, 1]."""
+    return (_int_param("batch_size", batch_size), _int_param("num_queries", num_queries),
+            _int_param("num_keys", num_keys), _int_param("query_dim", query_dim),
+            _int_param("value_dim", value_dim),
+            _float_param("density", density, low=0.0, high=1.0, low_open=True))
+
+
 def _random_sparse_rows(rng, batch_size, num_queries, query_dim, density, valid_rows=None):
     """Gaussian sparse rows at `density`, each valid row holding at least one entry."""
     stored = rng.random((batch_size, num_queries, query_dim)) < density
@@ -195,12 +204,8 @@ def _generate_random(
     Returns:
         The example; no ground truth.
     """
-    batch_size = _int_param("batch_size", batch_size)
-    num_queries = _int_param("num_queries", num_queries)
-    num_keys = _int_param("num_keys", num_keys)
-    query_dim = _int_param("query_dim", query_dim)
-    value_dim = _int_param("value_dim", value_dim)
-    density = _float_param("density", density, low=0.0, high=1.0, low_open=True)
+    batch_size, num_queries, num_keys, query_dim, value_dim, density = _random_size_params(
+        batch_size, num_queries, num_keys, query_dim, value_dim, density)
     indices, values = _random_sparse_rows(rng, batch_size, num_queries, query_dim, density)
     value = rng.standard_normal((batch_size, num_keys, value_dim)).astype(np.float32)
     return _make_example(
@@ -610,12 +615,8 @@ def _generate_variable_length(
     Returns:
         The example; no ground truth.
     """
-    batch_size = _int_param("batch_size", batch_size)
-    num_queries = _int_param("num_queries", num_queries)
-    num_keys = _int_param("num_keys", num_keys)
-    query_dim = _int_param("query_dim", query_dim)
-    value_dim = _int_param("value_dim", value_dim)
-    density = _float_param("density", density, low=0.0, high=1.0, low_open=True)
+    batch_size, num_queries, num_keys, query_dim, value_dim, density = _random_size_params(
+        batch_size, num_queries, num_keys, query_dim, value_dim, density)
     query_counts = _lengths_param("query_lengths", query_lengths, batch_size, num_queries)
     key_counts = _lengths_param("key_lengths", key_lengths, batch_size, num_keys)
     query_mask = np.arange(num_queries)[None, :] < query_counts[:, None]
