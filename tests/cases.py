@@ -79,3 +79,24 @@ def check_unknown_lengths_match_eager(selector, seed, key_counts=(3, 9), top_k=5
         assert graph_indices.shape[-1] == top_k and eager_indices.shape[-1] == min(top_k, keys)
         np.testing.assert_array_equal(graph_indices.numpy()[..., : min(top_k, keys)], eager_indices.numpy())
         assert (graph_indices.numpy()[..., keys:] == -1).all()
+
+
+def check_save_load_round_trip(selector, query, value, path):
+    """Saves a functional model around the layer as `.keras` and loads it back: the restored model
+    must give the same output. Returns `(layer, restored_layer, inputs)` for further checks.
+
+    Args:
+        selector: the layer's `selector=`.
+        query, value: dense arrays `[B, M, Dq]` and `[B, N, Dv]` (the query goes in sparse).
+        path: a `.keras` file path to write.
+    """
+    query_input = keras.Input(shape=query.shape[1:], sparse=True)
+    value_input = keras.Input(shape=value.shape[1:])
+    layer = SparseDenseMultiHeadAttention(2, 4, 3, selector=selector, name="sdattn")
+    model = keras.Model([query_input, value_input], layer(query_input, value_input))
+    inputs = [tf.sparse.from_dense(query), tf.constant(value)]
+    before = model(inputs).numpy()
+    model.save(path)
+    restored = keras.models.load_model(path)
+    np.testing.assert_array_equal(restored(inputs).numpy(), before)
+    return layer, restored.get_layer("sdattn"), inputs

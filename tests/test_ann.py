@@ -10,7 +10,8 @@ import tensorflow as tf
 
 import sdattn
 import sdattn.ann  # noqa: F401  (registers "ann" until sdattn/__init__ imports it)
-from cases import check_unknown_lengths_match_eager, random_case, stable_seed
+from cases import (check_save_load_round_trip, check_unknown_lengths_match_eager, random_case,
+                   stable_seed)
 from sdattn import reference
 from sdattn.ann import AnnSelector
 from sdattn.inputs import generate_inputs
@@ -217,17 +218,8 @@ def test_keras_save_and_load_round_trip(tmp_path):
     rng = np.random.default_rng(7)
     query, value = random_case(rng, 2, 4, 60, 5, 5)
     chosen = {"name": "ann", "metric": "ip", "nprobe": 2, "nlist": 4, "exact_threshold": 10}
-    query_input = keras.Input(shape=(4, 5), sparse=True)
-    value_input = keras.Input(shape=(60, 5))
-    layer = SparseDenseMultiHeadAttention(2, 4, 3, selector=chosen, name="sdattn")
-    model = keras.Model([query_input, value_input], layer(query_input, value_input))
-    inputs = [tf.sparse.from_dense(query), tf.constant(value)]
-    before = model(inputs).numpy()
-    path = tmp_path / "model.keras"
-    model.save(path)
-    restored = keras.models.load_model(path)
-    np.testing.assert_array_equal(restored(inputs).numpy(), before)
-    restored_selector = restored.get_layer("sdattn").selector
+    layer, restored_layer, _ = check_save_load_round_trip(chosen, query, value, tmp_path / "model.keras")
+    restored_selector = restored_layer.selector
     assert type(restored_selector) is AnnSelector
     assert restored_selector.get_config() == layer.selector.get_config()
 

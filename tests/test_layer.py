@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sdattn
-from cases import check_oracle, check_unknown_lengths_match_eager, paired_layers, random_case
+from cases import (check_oracle, check_save_load_round_trip, check_unknown_lengths_match_eager,
+                   paired_layers, random_case)
 from sdattn import reference
 from sdattn.layer import SparseDenseMultiHeadAttention
 
@@ -319,17 +320,7 @@ def test_keras_save_and_load_round_trip(selector, tmp_path):
     query, value = random_case(rng, 2, 4, 6, 5, 3)
     chosen = FirstKeysSelector() if selector == "custom" else (
         {"name": "random", "seed": 3} if selector == "random" else selector)
-    query_input = keras.Input(shape=(4, 5), sparse=True)
-    value_input = keras.Input(shape=(6, 3))
-    layer = SparseDenseMultiHeadAttention(2, 4, 3, selector=chosen, name="sdattn")
-    model = keras.Model([query_input, value_input], layer(query_input, value_input))
-    inputs = [tf.sparse.from_dense(query), tf.constant(value)]
-    before = model(inputs).numpy()
-    path = tmp_path / "model.keras"
-    model.save(path)
-    restored = keras.models.load_model(path)
-    np.testing.assert_array_equal(restored(inputs).numpy(), before)
-    restored_layer = restored.get_layer("sdattn")
+    layer, restored_layer, inputs = check_save_load_round_trip(chosen, query, value, tmp_path / "model.keras")
     assert type(restored_layer.selector) is type(layer.selector)
     if selector == "custom":
         _, _, indices = restored_layer(*inputs, return_attention_scores=True)
