@@ -2,9 +2,7 @@
 Shared by all heads; one index per key set, cached by content, searched outside the TF graph."""
 
 import collections
-import concurrent.futures
 import math
-import os
 import numbers
 import threading
 import time
@@ -14,6 +12,7 @@ import numpy as np
 import xxhash
 import tensorflow as tf
 
+from sdattn import workers
 from sdattn.arguments import invalid_value
 from sdattn.selection import CosineSelector, Selector, register_selector
 
@@ -31,8 +30,6 @@ _STORAGES = ("auto", "flat", "sq8")
 
 _gpu_lock = threading.Lock()
 _gpu_resources = None
-_pool = None
-_pool_lock = threading.Lock()
 
 
 def _faiss():
@@ -141,17 +138,6 @@ def _fingerprint(keys, key_valid):
     return digest.digest()
 
 
-def _thread_pool():
-    """The process-wide pool that hashes and searches batch items in parallel (xxhash and Faiss
-    release the GIL)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="sdattn-ann")
-    return _pool
-
-
 def _single_threaded(function, *args):
     """Runs `function(*args)` with Faiss (OpenMP) limited to the calling thread. OpenMP's
     thread count is per thread, so this leaves other threads' Faiss calls as they were."""
@@ -165,7 +151,7 @@ def _fingerprints(keys, key_mask):
              for item in range(keys.shape[0])]
     if len(items) < 2:
         return [_fingerprint(*item) for item in items]
-    return list(_thread_pool().map(lambda item: _fingerprint(*item), items))
+    return list(workers.thread_pool().map(lambda item: _fingerprint(*item), items))
 
 
 def _fingerprint_rows(keys, key_mask=None):
@@ -421,7 +407,7 @@ class AnnSelector(Selector):
             # One batch item per thread, each searching with one OpenMP thread: measured about
             # 1 ms faster per call (of 11–18 ms) than items in turn with two OpenMP threads
             # each, whose barriers stall whenever TF's own threads take a core.
-            list(_thread_pool().map(lambda item: _single_threaded(select, item), range(batch)))
+            list(workers.thread_pool().map(lambda item: _single_threaded(select, item), range(batch)))
         else:
             for batch_item in range(batch):
                 select(batch_item)

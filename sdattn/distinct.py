@@ -60,9 +60,9 @@ def distinct_rows(dense_query):
     return DistinctRows(tf.stack(padded), tf.stack(inverses))  # [B, U], [B, M]
 
 
-def _in_xla_context():
-    """Whether the graph being built will be compiled by XLA (`jit_compile=True`), which cannot
-    compile the dynamic number of distinct rows."""
+def in_xla_context():
+    """Whether the graph being built will be compiled by XLA (`jit_compile=True`), which can
+    neither compile a dynamic number of distinct rows nor call Python (`tf.numpy_function`)."""
     try:
         from tensorflow.python.ops import control_flow_util
     except ImportError:  # pragma: no cover - a TF without the helper: assume no XLA
@@ -84,7 +84,7 @@ def can_share_rows(query, attention_mask, causal):
     Returns:
         bool.
     """
-    if attention_mask is not None or causal or _in_xla_context():
+    if attention_mask is not None or causal or in_xla_context():
         return False
     shape = tuple(query.shape)
     if len(shape) != 3 or any(size is None for size in shape):
