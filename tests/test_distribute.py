@@ -26,9 +26,16 @@ tf.config.set_logical_device_configuration(
 import keras
 import sdattn
 import sdattn.ann  # registers "ann"
+from sdattn import cpu_top_k
 from sdattn.layer import SparseDenseMultiHeadAttention
 
-BATCH, QUERIES, KEYS, DIM, STEPS = 8, 5, 12, 6, 6
+# Counts the compiled top-k's calls (looked up when a graph is traced), per selector below.
+kernel_calls = []
+_kernel = cpu_top_k.top_k_indices_numpy
+cpu_top_k.top_k_indices_numpy = lambda *args, **kwargs: kernel_calls.append(1) or _kernel(*args, **kwargs)
+
+# 20 keys for top_k = 5: rows of at least 4·k scores, so `dot` selects with the compiled CPU top-k.
+BATCH, QUERIES, KEYS, DIM, STEPS = 8, 5, 20, 6, 6
 rng = np.random.default_rng(0)
 query = rng.normal(size=(BATCH, QUERIES, DIM)).astype("float32")
 query[rng.random(query.shape) > 0.5] = 0.0
@@ -114,8 +121,10 @@ for selector in sys.argv[1].split(","):
     initial = make_model(selector).get_weights()
     for name, train in (("loop", train_custom_loop), ("fit", train_fit)):
         single, single_loss = train(selector, initial, one_device)
+        kernel_calls.clear()
         distributed, mirrored_loss = train(selector, initial, mirrored)
         results[f"{selector}/{name}"] = {
+            "mirrored_kernel_calls": len(kernel_calls),
             "replicas": mirrored.num_replicas_in_sync,
             "single_loss": single_loss,
             "mirrored_loss": mirrored_loss,
@@ -147,3 +156,5 @@ def test_mirrored_strategy_trains_like_one_device(distributed_results, selector,
     for mirrored, single in zip(result["mirrored_loss"], result["single_loss"]):
         assert abs(mirrored - single) <= 1e-5 * max(1.0, abs(single))
     assert result["max_weight_difference"] < 1e-5
+    if selector == "dot":  # its per-head top-k ran in the compiled kernel, on both replicas
+        assert result["mirrored_kernel_calls"] >= 2 * 3
