@@ -90,7 +90,7 @@ def _num_groups(num_keys, k):
 def top_k_indices_numpy(scores, k):
     """Positions of the k largest scores of each row, ordered as `tf.math.top_k` orders them.
 
-    Rows are split over `workers.thread_pool()`; the kernel releases the GIL.
+    Rows are split over `workers.parallel_map`; the kernel releases the GIL.
 
     Args:
         scores: float32 or float64 array `[..., n]`, n >= k.
@@ -110,9 +110,9 @@ def top_k_indices_numpy(scores, k):
         kernel(rows, k, num_groups, indices)
     else:
         bounds = np.linspace(0, rows.shape[0], chunks + 1).astype(int)
-        list(workers.thread_pool().map(
+        workers.parallel_map(
             lambda start, stop: kernel(rows[start:stop], k, num_groups, indices[start:stop]),
-            bounds[:-1], bounds[1:]))
+            bounds[:-1], bounds[1:])
     return indices.reshape(leading + (k,))  # [..., k]
 
 

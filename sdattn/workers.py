@@ -8,20 +8,31 @@ import threading
 #: Threads in the pool: one per core, at most 8.
 WORKERS = min(8, os.cpu_count() or 1)
 
+_THREAD_PREFIX = "sdattn-worker"
+
 _pool = None
 _pool_lock = threading.Lock()
 
 
-def thread_pool():
-    """The shared `ThreadPoolExecutor` of `WORKERS` threads, created on first use.
-
-    Returns:
-        A `concurrent.futures.ThreadPoolExecutor`.
-    """
+def _thread_pool():
+    """The shared `ThreadPoolExecutor` of `WORKERS` threads, created on first use."""
     global _pool
     with _pool_lock:
         if _pool is None:
             _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=WORKERS, thread_name_prefix="sdattn")
+                max_workers=WORKERS, thread_name_prefix=_THREAD_PREFIX)
     return _pool
 
+
+def parallel_map(function, *iterables):
+    """`[function(*args) for args in zip(*iterables)]`, run on the shared pool.
+
+    Called from one of the pool's own threads, it runs in that thread instead: a task that
+    waited for tasks queued behind it could deadlock a busy pool.
+
+    Returns:
+        The results, in order.
+    """
+    if threading.current_thread().name.startswith(_THREAD_PREFIX):
+        return [function(*args) for args in zip(*iterables)]
+    return list(_thread_pool().map(function, *iterables))
