@@ -149,8 +149,6 @@ def _fingerprints(keys, key_mask):
     """`_fingerprint` of every batch item, hashed in parallel threads."""
     items = [(keys[item], None if key_mask is None else np.asarray(key_mask[item], bool))
              for item in range(keys.shape[0])]
-    if len(items) < 2:
-        return [_fingerprint(*item) for item in items]
     return workers.parallel_map(lambda item: _fingerprint(*item), items)
 
 

@@ -1,11 +1,11 @@
 """Exact top-k over long rows on the CPU, with a compiled kernel instead of `tf.math.top_k`.
 
-TF's CPU top-k pushes every element of a row through a heap: about 2 µs per row of 256 scores
-and 8 µs per row of 4,096 on this project's 2-core machines, which made exact per-head
-selection (`dot`: B·H·M rows) cost more than the whole of Keras' dense attention at N = 4,096.
-The kernel (`top_k_kernel.top_k_rows`) reads each row once, keeps only the scores above a
-cheap lower bound on the k-th largest, and sorts those: 3–4× faster than TF's per-row heap,
-with the same result, ties included.
+TF's CPU top-k pushes every element of a row through a heap: about 19 µs of one core per row
+of 4,096 scores with k = 32 on this project's machines, which made exact per-head selection
+(`dot`: B·H·M rows) cost more than the whole of Keras' dense attention at N = 4,096. The
+kernel (`top_k_kernel.top_k_rows`) reads each row once, keeps only the scores above a cheap
+lower bound on the k-th largest, and sorts those: about 3.8 µs per such row, with the same
+result, ties included (measured 3× to 15× less core time than TF from k = 128 to n = 16,384).
 
 It runs outside TF's graph (through `tf.numpy_function` in a `tf.function`), so it is used
 only where that costs nothing: TF on the CPU, no XLA compilation, float32 or float64 scores.
@@ -62,7 +62,7 @@ def _kernel():
 
 
 def applies(scores, k):
-    """Whether `top_k_indices` should replace TF's top-k for these scores.
+    """Whether `top_k` should replace TF's top-k for these scores.
 
     Args:
         scores: a float tensor `[..., n]` about to be reduced to its top k.
@@ -87,8 +87,8 @@ def _num_groups(num_keys, k):
     return k * min(per_bucket, num_keys // k)
 
 
-def top_k_indices_numpy(scores, k):
-    """Positions of the k largest scores of each row, ordered as `tf.math.top_k` orders them.
+def top_k_numpy(scores, k):
+    """The k largest scores of each row and their positions, as `tf.math.top_k` gives them.
 
     Rows are split over `workers.parallel_map`; the kernel releases the GIL.
 
@@ -97,38 +97,52 @@ def top_k_indices_numpy(scores, k):
         k: Python int.
 
     Returns:
-        int32 array `[..., k]`.
+        `(values, indices)`: `[..., k]` of the scores' dtype, and int32 `[..., k]`.
     """
     scores = np.asarray(scores)
     leading, num_keys = scores.shape[:-1], scores.shape[-1]
     rows = np.ascontiguousarray(scores.reshape(-1, num_keys))  # [R, n]
+    values = np.empty((rows.shape[0], k), rows.dtype)  # [R, k]
     indices = np.empty((rows.shape[0], k), np.int32)  # [R, k]
     num_groups = _num_groups(num_keys, k)
     kernel = _kernel()
     chunks = max(1, min(workers.WORKERS, rows.shape[0] // _MIN_ROWS_PER_THREAD))
-    if chunks == 1:
-        kernel(rows, k, num_groups, indices)
-    else:
-        bounds = np.linspace(0, rows.shape[0], chunks + 1).astype(int)
-        workers.parallel_map(
-            lambda start, stop: kernel(rows[start:stop], k, num_groups, indices[start:stop]),
-            bounds[:-1], bounds[1:])
-    return indices.reshape(leading + (k,))  # [..., k]
+    bounds = np.linspace(0, rows.shape[0], chunks + 1).astype(int)
+    workers.parallel_map(
+        lambda start, stop: kernel(rows[start:stop], k, num_groups, values[start:stop], indices[start:stop]),
+        bounds[:-1], bounds[1:])
+    return values.reshape(leading + (k,)), indices.reshape(leading + (k,))  # [..., k] each
 
 
-def top_k_indices(scores, k):
-    """`top_k_indices_numpy` as a TF op: eagerly on the tensor's buffer, or through
-    `tf.numpy_function` inside a `tf.function`. Check `applies(scores, k)` first.
+def top_k(scores, k):
+    """`top_k_numpy` as a TF op, with `tf.math.top_k`'s gradient: eagerly on the tensor's
+    buffer, or through `tf.numpy_function` inside a `tf.function`. Check `applies` first.
 
     Args:
         scores: float tensor `[..., n]` with static n >= k.
         k: Python int.
 
     Returns:
-        int32 tensor `[..., k]` (no gradient: gather the values from `scores` to get one).
+        `(values, indices)`, `[..., k]` each; the values' gradient flows to `scores` at `indices`.
     """
     if tf.executing_eagerly():
-        return tf.constant(top_k_indices_numpy(np.asarray(scores), k))  # np.asarray: no copy
-    indices = tf.numpy_function(functools.partial(top_k_indices_numpy, k=k), [scores], tf.int32,
-                                stateful=False)
-    return tf.ensure_shape(indices, scores.shape[:-1].concatenate([k]))
+        values, indices = (tf.constant(part) for part in top_k_numpy(np.asarray(scores), k))  # np.asarray: no copy
+    else:
+        values, indices = tf.numpy_function(functools.partial(top_k_numpy, k=k), [scores],
+                                            [scores.dtype, tf.int32], stateful=False)
+        shape = scores.shape[:-1].concatenate([k])
+        values, indices = tf.ensure_shape(values, shape), tf.ensure_shape(indices, shape)
+
+    @tf.custom_gradient
+    def selected(scores):
+        def gradient(upstream):  # [..., k] → [..., n]: each slot's gradient at its position
+            num_keys = tf.shape(scores)[-1]
+            rows = tf.reshape(indices, [-1, k])  # [R, k]
+            positions = rows + tf.range(tf.shape(rows)[0])[:, None] * num_keys  # [R, k] in [0, R·n)
+            flat = tf.scatter_nd(tf.reshape(positions, [-1, 1]), tf.reshape(upstream, [-1]),
+                                 [tf.size(scores)])  # [R·n]
+            return tf.reshape(flat, tf.shape(scores))  # [..., n]
+
+        return tf.identity(values), gradient
+
+    return selected(scores), indices

@@ -198,9 +198,7 @@ def masked_top_k(scores, k, mask=None):
     if scores.shape[-1] is None:
         return tf.math.top_k(scores, k=k)
     if cpu_top_k.applies(scores, k):
-        indices = cpu_top_k.top_k_indices(scores, k)
-        # Gathered in TF, so the values have a gradient (as `tf.math.top_k`'s do).
-        return tf.gather(scores, indices, batch_dims=scores.shape.rank - 1), indices
+        return cpu_top_k.top_k(scores, k)
     return grouped_top_k(scores, k)
 
 

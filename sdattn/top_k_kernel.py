@@ -9,8 +9,8 @@ import numpy as np
 
 
 @numba.njit(nogil=True, cache=True)
-def top_k_rows(scores, k, num_groups, indices):
-    """Writes the positions of each row's k largest scores, exactly as `tf.math.top_k` orders
+def top_k_rows(scores, k, num_groups, values, indices):
+    """Writes each row's k largest scores and their positions, exactly as `tf.math.top_k` orders
     them: by decreasing score, the lower position first on ties.
 
     Per row, in one pass that reads the row from memory once:
@@ -28,6 +28,7 @@ def top_k_rows(scores, k, num_groups, indices):
         scores: float32 or float64 `[R, n]`, C-contiguous, n >= num_groups.
         k: slots per row, 1 <= k <= n.
         num_groups: G, with k <= G <= n.
+        values: `[R, k]` of the scores' dtype, written.
         indices: int32 `[R, k]`, written.
     """
     rows, n = scores.shape
@@ -37,7 +38,6 @@ def top_k_rows(scores, k, num_groups, indices):
     active = np.empty(num_groups, np.int32)
     candidate_values = np.empty(n, scores.dtype)
     candidate_positions = np.empty(n, np.int32)
-    slot_values = np.empty(k, scores.dtype)
     for r in range(rows):
         row = scores[r]
         # 1. Group maxima.
@@ -78,6 +78,7 @@ def top_k_rows(scores, k, num_groups, indices):
                 candidate_positions[position] = position
             count = n
         # 4. Insertion into k slots sorted by decreasing score.
+        slot_values = values[r]
         slot_positions = indices[r]
         filled = 0
         for c in range(count):

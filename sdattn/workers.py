@@ -27,12 +27,14 @@ def _thread_pool():
 def parallel_map(function, *iterables):
     """`[function(*args) for args in zip(*iterables)]`, run on the shared pool.
 
-    Called from one of the pool's own threads, it runs in that thread instead: a task that
-    waited for tasks queued behind it could deadlock a busy pool.
+    A single item runs in the calling thread (no hand-over to pay for). So does everything
+    when called from one of the pool's own threads: a task that waited for tasks queued behind
+    it could deadlock a busy pool.
 
     Returns:
         The results, in order.
     """
-    if threading.current_thread().name.startswith(_THREAD_PREFIX):
-        return [function(*args) for args in zip(*iterables)]
-    return list(_thread_pool().map(function, *iterables))
+    arguments = list(zip(*iterables))
+    if len(arguments) < 2 or threading.current_thread().name.startswith(_THREAD_PREFIX):
+        return [function(*args) for args in arguments]
+    return list(_thread_pool().map(lambda args: function(*args), arguments))

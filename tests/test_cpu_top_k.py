@@ -30,6 +30,14 @@ def _scores(rng, shape, kind, dtype):
     return np.ascontiguousarray(scores.astype(dtype))
 
 
+def _check_equals_tf_top_k(scores, k):
+    values, indices = cpu_top_k.top_k_numpy(scores, k)
+    expected = tf.math.top_k(scores, k)
+    np.testing.assert_array_equal(indices, expected.indices.numpy())
+    np.testing.assert_array_equal(values, expected.values.numpy())
+    assert values.dtype == scores.dtype
+
+
 @contextlib.contextmanager
 def _kernel_enabled(enabled):
     before = cpu_top_k.is_enabled()
@@ -50,8 +58,7 @@ def test_kernel_equals_tf_top_k(data):
     dtype = data.draw(st.sampled_from(["float32", "float64"]), label="dtype")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     scores = _scores(rng, (rows, num_keys), kind, dtype)
-    expected = tf.math.top_k(scores, k).indices.numpy()
-    np.testing.assert_array_equal(cpu_top_k.top_k_indices_numpy(scores, k), expected)
+    _check_equals_tf_top_k(scores, k)
 
 
 @pytest.mark.parametrize("shape,k", [((2, 8, 215, 4096), 32), ((1, 1, 3, 16384), 128), ((2, 1, 70, 1001), 250)])
@@ -61,8 +68,7 @@ def test_kernel_equals_tf_top_k_at_selection_sizes(shape, k):
     rng = np.random.default_rng(stable_seed(shape, k))
     scores = _scores(rng, shape, "normal", "float32")
     scores[..., rng.random(shape[-1]) < 0.1] = -np.inf
-    np.testing.assert_array_equal(cpu_top_k.top_k_indices_numpy(scores, k),
-                                  tf.math.top_k(scores, k).indices.numpy())
+    _check_equals_tf_top_k(scores, k)
 
 
 def test_nan_scores_still_give_distinct_valid_positions():
@@ -72,9 +78,10 @@ def test_nan_scores_still_give_distinct_valid_positions():
     scores[0, 3] = np.nan
     scores[1] = np.nan
     scores[2, ::2] = np.nan
-    indices = cpu_top_k.top_k_indices_numpy(scores, 16)
+    values, indices = cpu_top_k.top_k_numpy(scores, 16)
     assert indices.min() >= 0 and indices.max() < 200
     assert all(len(set(row)) == 16 for row in indices)
+    np.testing.assert_array_equal(values, np.take_along_axis(scores, indices, -1))
 
 
 def _uses_kernel(function, *args):

@@ -31,8 +31,8 @@ from sdattn.layer import SparseDenseMultiHeadAttention
 
 # Counts the compiled top-k's calls (looked up when a graph is traced), per selector below.
 kernel_calls = []
-_kernel = cpu_top_k.top_k_indices_numpy
-cpu_top_k.top_k_indices_numpy = lambda *args, **kwargs: kernel_calls.append(1) or _kernel(*args, **kwargs)
+_kernel = cpu_top_k.top_k_numpy
+cpu_top_k.top_k_numpy = lambda *args, **kwargs: kernel_calls.append(1) or _kernel(*args, **kwargs)
 
 # 20 keys for top_k = 5: rows of at least 4·k scores, so `dot` selects with the compiled CPU top-k.
 BATCH, QUERIES, KEYS, DIM, STEPS = 8, 5, 20, 6, 6
