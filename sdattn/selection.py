@@ -15,10 +15,10 @@ _DESCRIPTIONS = {}
 # Scores of about 16 M float32 (64 MB) per batch item and block keep selection memory bounded
 # at large N.
 _BLOCK_ELEMENTS = 2**24
-# Per-head selectors get 4× that (256 MB per batch item): each block costs a few `top_k` calls
-# over H·M rows, and TF's CPU top_k has a fixed cost per row, so small blocks are slow. Measured
-# for exact `dot` on Config P at N = 65,536 (B·H·M = 8,192 rows): 1,032 ms with blocks of 4,096
-# keys, 511 ms with 16,384 (Keras MHA: 503 ms, naive top-k: 771 ms).
+# Per-head selectors get 4× that (256 MB per batch item): each block costs a top-k and a merge
+# over H·M rows, each with a cost per row, so small blocks are slow. Measured for exact `dot` on
+# Config P at N = 65,536 (B·H·M = 8,192 rows): with TF's top_k, 1,032 ms with blocks of 4,096
+# keys and 511 ms with 16,384 (Keras MHA: 503 ms); with `cpu_top_k`'s kernel, 294 and 213 ms.
 _PER_HEAD_BLOCK_ELEMENTS = 2**26
 
 
@@ -317,9 +317,9 @@ class Selector(keras.layers.Layer):
 
     Args:
         block_size: keys scored per block. None sizes blocks to about 16 M scores per batch
-            item (64 MB in float32), or 64 M (256 MB) for a per-head selector, whose blocks are
-            dominated by TF's per-row `top_k` cost; smaller blocks use less memory, larger
-            ones fewer `top_k` calls.
+            item (64 MB in float32), or 64 M (256 MB) for a per-head selector, whose blocks
+            cost a top-k and a merge per row of H·M; smaller blocks use less memory, larger
+            ones fewer top-k calls.
         **kwargs: `keras.layers.Layer` arguments.
     """
 
