@@ -9,12 +9,15 @@ result, ties included (measured 3× to 15× less core time than TF from k = 128 
 
 It runs outside TF's graph (through `tf.numpy_function` in a `tf.function`), so it is used
 only where that costs nothing: TF on the CPU, no XLA compilation, float32 or float64 scores.
+A call with at most `_SORT_MAX_SCORES` scores is ranked by a NumPy argsort instead, so small
+inputs never load Numba.
 Elsewhere `sdattn.selection.grouped_top_k` runs in TF. `set_enabled(False)` (or the
 environment variable `SDATTN_CPU_TOP_K=0`) turns it off, for example before exporting a graph
 with `tf.saved_model`, which cannot hold Python code.
 """
 
 import functools
+import importlib.util
 import math
 import os
 
@@ -27,6 +30,10 @@ from sdattn import distinct, workers
 _MIN_KEYS_PER_SLOT = 4
 # Rows per thread below which splitting the rows over threads costs more than it saves.
 _MIN_ROWS_PER_THREAD = 64
+# Up to this many scores per call, a stable NumPy argsort ranks them instead (about 0.4 ms at
+# 16K scores): small inputs, such as the app's defaults, then never load Numba, whose first
+# call in a process takes 0.4 s (2.4 s when it compiles, once per install).
+_SORT_MAX_SCORES = 2**14
 
 _enabled = os.environ.get("SDATTN_CPU_TOP_K", "1") != "0"
 
@@ -52,12 +59,14 @@ def _tf_sees_gpu():
 
 
 @functools.cache
+def _numba_installed():
+    return importlib.util.find_spec("numba") is not None
+
+
 def _kernel():
-    """The compiled `top_k_rows`, or None when Numba cannot be imported."""
-    try:
-        from sdattn import top_k_kernel
-    except ImportError:  # pragma: no cover - numba is a runtime requirement
-        return None
+    """The compiled `top_k_rows` (imports Numba on first use)."""
+    from sdattn import top_k_kernel
+
     return top_k_kernel.top_k_rows
 
 
@@ -69,14 +78,14 @@ def applies(scores, k):
         k: Python int.
 
     Returns:
-        bool: the kernel is enabled and importable, n is static and at least 4·k, the dtype is
+        bool: the kernel is enabled and Numba installed, n is static and at least 4·k, the dtype is
         float32 or float64, TF sees no GPU (whose own top-k is fast), and the graph being
         built will not be compiled by XLA (which cannot call Python).
     """
     num_keys = scores.shape[-1] if scores.shape.rank else None
     return (_enabled and num_keys is not None and num_keys >= _MIN_KEYS_PER_SLOT * k
             and scores.dtype in (tf.float32, tf.float64) and not _tf_sees_gpu()
-            and not distinct.in_xla_context() and _kernel() is not None)
+            and not distinct.in_xla_context() and _numba_installed())
 
 
 def _num_groups(num_keys, k):
@@ -90,7 +99,8 @@ def _num_groups(num_keys, k):
 def top_k_numpy(scores, k):
     """The k largest scores of each row and their positions, as `tf.math.top_k` gives them.
 
-    Rows are split over `workers.parallel_map`; the kernel releases the GIL.
+    Up to `_SORT_MAX_SCORES` scores are ranked by a stable argsort (`_sorted_top_k`); more go
+    to the compiled kernel (`_compiled_top_k`).
 
     Args:
         scores: float32 or float64 array `[..., n]`, n >= k.
@@ -102,16 +112,31 @@ def top_k_numpy(scores, k):
     scores = np.asarray(scores)
     leading, num_keys = scores.shape[:-1], scores.shape[-1]
     rows = np.ascontiguousarray(scores.reshape(-1, num_keys))  # [R, n]
+    top_k_of_rows = _sorted_top_k if rows.size <= _SORT_MAX_SCORES else _compiled_top_k
+    values, indices = top_k_of_rows(rows, k)  # [R, k] each
+    return values.reshape(leading + (k,)), indices.reshape(leading + (k,))  # [..., k] each
+
+
+def _sorted_top_k(rows, k):
+    """`top_k_numpy` of `[R, n]` rows by a stable argsort of the negated scores (decreasing
+    score, the lower position first on ties)."""
+    indices = np.argsort(-rows, axis=-1, kind="stable")[:, :k].astype(np.int32)  # [R, k]
+    return np.take_along_axis(rows, indices, axis=-1), indices
+
+
+def _compiled_top_k(rows, k):
+    """`top_k_numpy` of C-contiguous `[R, n]` rows with the kernel, the rows split over
+    `workers.parallel_map` (the kernel releases the GIL)."""
     values = np.empty((rows.shape[0], k), rows.dtype)  # [R, k]
     indices = np.empty((rows.shape[0], k), np.int32)  # [R, k]
-    num_groups = _num_groups(num_keys, k)
+    num_groups = _num_groups(rows.shape[1], k)
     kernel = _kernel()
     chunks = max(1, min(workers.WORKERS, rows.shape[0] // _MIN_ROWS_PER_THREAD))
     bounds = np.linspace(0, rows.shape[0], chunks + 1).astype(int)
     workers.parallel_map(
         lambda start, stop: kernel(rows[start:stop], k, num_groups, values[start:stop], indices[start:stop]),
         bounds[:-1], bounds[1:])
-    return values.reshape(leading + (k,)), indices.reshape(leading + (k,))  # [..., k] each
+    return values, indices
 
 
 def top_k(scores, k):

@@ -30,12 +30,12 @@ def _scores(rng, shape, kind, dtype):
     return np.ascontiguousarray(scores.astype(dtype))
 
 
-def _check_equals_tf_top_k(scores, k):
-    values, indices = cpu_top_k.top_k_numpy(scores, k)
+def _check_equals_tf_top_k(scores, k, top_k_of=cpu_top_k.top_k_numpy):
+    values, indices = top_k_of(scores, k)
     expected = tf.math.top_k(scores, k)
     np.testing.assert_array_equal(indices, expected.indices.numpy())
     np.testing.assert_array_equal(values, expected.values.numpy())
-    assert values.dtype == scores.dtype
+    assert values.dtype == scores.dtype and indices.dtype == np.int32
 
 
 @contextlib.contextmanager
@@ -48,9 +48,22 @@ def _kernel_enabled(enabled):
         cpu_top_k.set_enabled(before)
 
 
+# Both ways `top_k_numpy` ranks a call's rows: the compiled kernel, and (up to 16K scores) a
+# stable argsort.
+_PATHS = {"compiled": cpu_top_k._compiled_top_k, "sorted": cpu_top_k._sorted_top_k}
+
+
+@pytest.fixture(params=["compiled", "sorted"])
+def path(request, monkeypatch):
+    """Makes `top_k_numpy` take one path whatever the input size."""
+    monkeypatch.setattr(cpu_top_k, "_SORT_MAX_SCORES", 0 if request.param == "compiled" else 2**62)
+    return request.param
+
+
+@pytest.mark.parametrize("path_name", sorted(_PATHS))
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_kernel_equals_tf_top_k(data):
+def test_both_paths_equal_tf_top_k(path_name, data):
     num_keys = data.draw(st.integers(4, 700), label="n")
     k = data.draw(st.integers(1, num_keys // 4), label="k")
     rows = data.draw(st.integers(1, 160), label="rows")  # from 128 rows, split over threads
@@ -58,20 +71,20 @@ def test_kernel_equals_tf_top_k(data):
     dtype = data.draw(st.sampled_from(["float32", "float64"]), label="dtype")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     scores = _scores(rng, (rows, num_keys), kind, dtype)
-    _check_equals_tf_top_k(scores, k)
+    _check_equals_tf_top_k(scores, k, _PATHS[path_name])
 
 
 @pytest.mark.parametrize("shape,k", [((2, 8, 215, 4096), 32), ((1, 1, 3, 16384), 128), ((2, 1, 70, 1001), 250)])
 def test_kernel_equals_tf_top_k_at_selection_sizes(shape, k):
     """The shapes `dot` and `cosine` select over (N = 4,096 per head; a shared 16K block), and a
-    row length no group count divides."""
+    row length no group count divides: all above 16K scores, so compiled."""
     rng = np.random.default_rng(stable_seed(shape, k))
     scores = _scores(rng, shape, "normal", "float32")
     scores[..., rng.random(shape[-1]) < 0.1] = -np.inf
     _check_equals_tf_top_k(scores, k)
 
 
-def test_nan_scores_still_give_distinct_valid_positions():
+def test_nan_scores_still_give_distinct_valid_positions(path):
     """NaN has no order (nor has it in `tf.math.top_k`), but the positions must stay usable."""
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(6, 200)).astype("float32")
@@ -89,7 +102,7 @@ def _uses_kernel(function, *args):
     return any(op.type in ("PyFunc", "PyFuncStateless", "EagerPyFunc") for op in graph.get_operations())
 
 
-def test_masked_top_k_equals_tf_in_graph_and_eager_with_the_same_gradient():
+def test_masked_top_k_equals_tf_in_graph_and_eager_with_the_same_gradient(path):
     rng = np.random.default_rng(1)
     scores = tf.constant(_scores(rng, (2, 3, 5, 256), "few levels", "float32"))
     weights = tf.constant(rng.normal(size=(2, 3, 5, 8)).astype("float32"))
@@ -125,7 +138,7 @@ def test_kernel_is_used_only_where_tf_can_run_it():
     np.testing.assert_array_equal(xla(scores)[1].numpy(), tf.math.top_k(scores, 8).indices.numpy())
 
 
-def test_dot_layer_is_the_same_with_and_without_the_kernel():
+def test_dot_layer_is_the_same_with_and_without_the_kernel(path):
     """Exact per-head selection over 64 keys with top_k = 8 goes through the kernel; turned off,
     the layer must give the same output, scores and indices, with and without `tf.function`."""
     rng = np.random.default_rng(3)

@@ -29,10 +29,12 @@ import sdattn.ann  # registers "ann"
 from sdattn import cpu_top_k
 from sdattn.layer import SparseDenseMultiHeadAttention
 
-# Counts the compiled top-k's calls (looked up when a graph is traced), per selector below.
+# Counts the compiled top-k's calls (looked up at run time), per selector below; these inputs
+# are small enough that it would otherwise leave them to a NumPy argsort.
+cpu_top_k._SORT_MAX_SCORES = 0
 kernel_calls = []
-_kernel = cpu_top_k.top_k_numpy
-cpu_top_k.top_k_numpy = lambda *args, **kwargs: kernel_calls.append(1) or _kernel(*args, **kwargs)
+_kernel = cpu_top_k._compiled_top_k
+cpu_top_k._compiled_top_k = lambda *args, **kwargs: kernel_calls.append(1) or _kernel(*args, **kwargs)
 
 # 20 keys for top_k = 5: rows of at least 4·k scores, so `dot` selects with the compiled CPU top-k.
 BATCH, QUERIES, KEYS, DIM, STEPS = 8, 5, 20, 6, 6
