@@ -156,3 +156,22 @@ def test_scaling_figure_labels_log_ticks_with_full_numbers():
     assert list(axis.tickvals) == [5, 10, 20, 50]
     assert list(axis.ticktext) == ["5", "10", "20", "50"]
     assert figure.data[1].line.dash == "dash"
+
+
+def test_scaling_figure_keeps_many_methods_apart_and_the_title_above_the_legend():
+    """The stored benchmark has ten methods: past the eight colours a method is dotted (not a
+    second solid line of a colour already used), and the top margin grows with the legend's
+    rows while the title stays at the top."""
+    from sdattn.figures import scaling_figure
+
+    methods = [f"method {i}" for i in range(9)] + ["keras MHA"]
+    figure = scaling_figure({name: ([1024, 4096], [1.0 + i, 2.0 + i]) for i, name in enumerate(methods)},
+                            y_title="ms", title="t", reference="keras MHA")
+    first, ninth = figure.data[0], figure.data[8]
+    assert first.line.color == ninth.line.color
+    assert (first.line.dash, ninth.line.dash) == ("solid", "dot")
+    assert (first.marker.symbol, ninth.marker.symbol) == ("circle", "diamond")
+    few = scaling_figure({"a": ([1024], [1.0]), "keras MHA": ([1024], [2.0])},
+                         y_title="ms", title="t", reference="keras MHA")
+    assert figure.layout.margin.t > few.layout.margin.t
+    assert (figure.layout.title.yref, figure.layout.title.y, figure.layout.title.yanchor) == ("container", 1.0, "top")
