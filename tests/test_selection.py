@@ -44,3 +44,27 @@ def test_block_sizes_follow_the_score_budget_per_batch_item():
     assert selection.get({"name": "dot", "block_size": 100})._block_size(Context, 32) == 100
     Context.max_queries = 2**30
     assert selection.get("dot")._block_size(Context, 32) == 32
+
+
+@pytest.mark.parametrize("block_size", [1000, 300, 37, 10], ids=["1-block", "4-blocks", "28-blocks", "100-blocks"])
+def test_streamed_top_k_equals_one_top_k_over_all_keys(block_size):
+    """Blocks reduced to their top-k and merged every `_MERGE_EVERY` blocks give exactly the
+    top-k over all keys (values, positions, ties to the lower key) and the same gradient."""
+    rng = np.random.default_rng(block_size)
+    scores = rng.integers(0, 6, size=(2, 3, 4, 1000)).astype("float32")  # many ties across blocks
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    scores = tf.constant(scores)
+    k = 10
+
+    def top_k_and_gradient(top_k):
+        with tf.GradientTape() as tape:
+            tape.watch(scores)
+            values, indices = top_k()
+            loss = tf.reduce_sum(values * tf.range(1.0, k + 1.0))
+        return values, indices, tape.gradient(loss, scores)
+
+    got = top_k_and_gradient(lambda: selection.streamed_top_k(
+        lambda start, stop: scores[..., start:stop], 1000, block_size, k, return_values=True))
+    expected = top_k_and_gradient(lambda: tf.math.top_k(scores, k))
+    for got_part, expected_part in zip(got, expected):
+        np.testing.assert_array_equal(got_part.numpy(), expected_part.numpy())
