@@ -176,7 +176,8 @@ def streamed_top_k(block_scores, num_keys, block_size, k, return_values=False):
         pending_values.append(values)
         pending_indices.append(indices + start)
         if len(pending_values) > _MERGE_EVERY:
-            pending_values, pending_indices = ([part] for part in _merged_top_k(pending_values, pending_indices, k))
+            best_values, best_indices = _merged_top_k(pending_values, pending_indices, k)
+            pending_values, pending_indices = [best_values], [best_indices]
     best_values, best_indices = _merged_top_k(pending_values, pending_indices, k)
     return (best_values, best_indices) if return_values else best_indices
 
