@@ -535,24 +535,26 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         Only the selected tokens are projected when they are fewer than all N; otherwise (or when
         the selector already projected every key) all tokens are projected once and gathered.
         """
-        num_keys, num_queries = key.shape[1], context.max_queries
-        select_rows = (num_keys is not None and num_queries is not None
-                       and indices.shape[1] * num_queries * slots < num_keys)
-        if context.has_projected_key or not select_rows:
+        if context.has_projected_key or not self._fewer_slots_than_tokens(key, indices, slots, context.max_queries):
             selected_key = self._gather_heads(context.projected_key, indices)  # [B, H, M, k, kd]
         else:
             selected_key = self._project_selected(key, self._key_dense, indices)  # [B, H, M, k, kd]
-        return selected_key, self._selected_values(value, indices, slots, num_queries)
+        return selected_key, self._selected_values(value, indices, slots, context.max_queries)
 
     def _selected_values(self, value, indices, slots, num_queries):
         """Projected values of the selected slots, `[B, H, M, k, vd]`: only the selected tokens
-        are projected when they are fewer than all N (`num_queries`, a static bound of M, or
-        None), else all tokens once, then gathered."""
-        num_keys = value.shape[1]
-        if (num_keys is not None and num_queries is not None
-                and indices.shape[1] * num_queries * slots < num_keys):
+        are projected when they are fewer than all N, else all tokens once, then gathered."""
+        if self._fewer_slots_than_tokens(value, indices, slots, num_queries):
             return self._project_selected(value, self._value_dense, indices)  # [B, H, M, k, vd]
         return self._gather_heads(self._value_dense(value), indices)  # [B, H, M, k, vd]
+
+    @staticmethod
+    def _fewer_slots_than_tokens(tokens, indices, slots, num_queries):
+        """Whether a batch item's slots (S·M·k, with `num_queries` a static bound of M, or None)
+        are fewer than its N `tokens` `[B, N, D]`, so projecting only the selected ones costs less."""
+        num_tokens = tokens.shape[1]
+        return (num_tokens is not None and num_queries is not None
+                and indices.shape[1] * num_queries * slots < num_tokens)
 
     def _should_fold(self, context, indices, slots):
         """Whether to fold the key and value kernels into the query side (see `_attend_folded`).
