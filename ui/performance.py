@@ -212,23 +212,23 @@ def stored_results(directory: pathlib.Path | None = None) -> tuple[str | None, d
         JSON's `{"environment": ..., "records": [...]}`.
     """
     directory = BENCHMARK_DIR if directory is None else directory
-    markdown = results = None
-    markdown_path, json_path = directory / RESULTS_MARKDOWN, directory / RESULTS_JSON
-    if markdown_path.is_file():
-        markdown = markdown_path.read_text(encoding="utf-8")
-    if json_path.is_file():
-        try:
-            results = json.loads(json_path.read_text(encoding="utf-8"))
-        except (ValueError, OSError):
-            results = None
-        if not isinstance(results, dict) or not isinstance(results.get("records"), list):
-            results = None
+    markdown, text = _text_or_none(directory / RESULTS_MARKDOWN), _text_or_none(directory / RESULTS_JSON)
+    try:
+        results = None if text is None else json.loads(text)
+    except ValueError:
+        results = None
+    if not isinstance(results, dict) or not isinstance(results.get("records"), list):
+        results = None
     return markdown, results
 
 
 def stored_per_row_markdown(directory: pathlib.Path | None = None) -> str | None:
     """The `--per-row-selection` table (`benchmarks/results_per_row.md`), or None when absent."""
-    path = (BENCHMARK_DIR if directory is None else directory) / PER_ROW_MARKDOWN
+    return _text_or_none((BENCHMARK_DIR if directory is None else directory) / PER_ROW_MARKDOWN)
+
+
+def _text_or_none(path: pathlib.Path) -> str | None:
+    """A benchmark file's text, or None when it is missing or unreadable."""
     try:
         return path.read_text(encoding="utf-8") if path.is_file() else None
     except OSError:
