@@ -19,13 +19,17 @@ from sdattn.inputs import (
     validate_example,
 )
 from sdattn.layer import SparseDenseMultiHeadAttention
-from sdattn.selection import Selector, available_selectors, selector_descriptions
-
-# Importing these modules registers the `ann`, `learned`, `lsh` and `hybrid` selectors.
-from sdattn.ann import AnnSelector
-from sdattn.hashing import LSHSelector
-from sdattn.hybrid import HybridSelector
-from sdattn.learned import LearnedSelector
+from sdattn.selectors import (
+    AnnSelector,
+    HybridSelector,
+    LearnedSelector,
+    LSHSelector,
+    SelectionContext,
+    Selector,
+    available_selectors,
+    register_selector,
+    selector_descriptions,
+)
 
 from sdattn.comparison import (
     SelectorRun,
@@ -46,6 +50,7 @@ __all__ = [
     "HybridSelector",
     "LSHSelector",
     "LearnedSelector",
+    "SelectionContext",
     "SelectorRun",
     "SparseDenseMultiHeadAttention",
     "Selector",
@@ -61,6 +66,7 @@ __all__ = [
     "run_selectors",
     "summary_table",
     "load_inputs",
+    "register_selector",
     "save_inputs",
     "selector_descriptions",
     "validate_example",

@@ -322,12 +322,12 @@ def methods_for(cfg, selectors, dense_limit_gb):
     # The floor, then cosine (its indices are the others' recall reference), the other
     # selectors, and the dense baselines last: what they leave in the allocator cannot inflate
     # the peaks of the methods measured after them.
-    from sdattn import selection
+    from sdattn import selectors as selectors_lib
 
     def rank(method):
         if method in ("floor", "cosine", "naive", "mha"):
             return {"floor": 0, "cosine": 1, "naive": 4, "mha": 5}[method]
-        return 3 if selection.get(method).per_head else 2
+        return 3 if selectors_lib.get(method).per_head else 2
 
     run.sort(key=rank)
     return run, skipped
@@ -336,7 +336,6 @@ def methods_for(cfg, selectors, dense_limit_gb):
 def run_size(cfg, methods, repeats, seed, reference_dir=None, log=None):
     """Runs `methods` on one configuration in this process, on the same inputs: list of records."""
     import sdattn  # noqa: F401  (registers the built-in selectors)
-    import sdattn.ann  # noqa: F401  (registers "ann")
 
     log = log or (lambda message: None)
     inputs = make_inputs(cfg, seed)
@@ -551,7 +550,6 @@ def parse_args(argv):
 
 def _resolve_selectors(text):
     import sdattn
-    import sdattn.ann  # noqa: F401  (registers "ann")
 
     available = sdattn.available_selectors()
     if text == "all":

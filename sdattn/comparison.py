@@ -16,8 +16,8 @@ import tensorflow as tf
 
 # hashing, hybrid and learned are imported so that their selectors are registered by name.
 from sdattn.arguments import positive_int
-from sdattn import hashing, hybrid, learned, metrics, reference  # noqa: F401
-from sdattn import selection as selection_lib
+from sdattn import metrics, reference
+from sdattn import selectors as selectors_lib
 from sdattn import weights as weights_lib
 from sdattn.layer import SparseDenseMultiHeadAttention
 
@@ -152,27 +152,27 @@ def _resolve(identifier, seed):
         `(selector, trained_weights)`: a built instance passed in keeps its weights, which are
         copied into the new layer (so a trained `learned` selector is compared as trained).
     """
-    if isinstance(identifier, selection_lib.Selector):
+    if isinstance(identifier, selectors_lib.Selector):
         fresh = type(identifier).from_config(identifier.get_config())
         return fresh, (identifier.get_weights() if identifier.built else [])
     if isinstance(identifier, str):
-        selector_class = type(selection_lib.get(identifier))
+        selector_class = type(selectors_lib.get(identifier))
         if _accepts_seed(selector_class):
-            return selection_lib.get({"name": identifier, "seed": seed}), []
-        return selection_lib.get(identifier), []
+            return selectors_lib.get({"name": identifier, "seed": seed}), []
+        return selectors_lib.get(identifier), []
     if isinstance(identifier, dict) and "class_name" not in identifier and "name" in identifier:
         config = dict(identifier)
-        selector_class = type(selection_lib.get(config["name"]))
+        selector_class = type(selectors_lib.get(config["name"]))
         if "seed" not in config and _accepts_seed(selector_class):
             config["seed"] = seed
-        return selection_lib.get(config), []
-    return selection_lib.get(identifier), []
+        return selectors_lib.get(config), []
+    return selectors_lib.get(identifier), []
 
 
 def _default_label(identifier):
     if isinstance(identifier, str):
         return identifier
-    if isinstance(identifier, selection_lib.Selector):
+    if isinstance(identifier, selectors_lib.Selector):
         return identifier.selector_name
     if isinstance(identifier, dict):
         return str(identifier.get("name") or identifier.get("class_name") or "selector")
@@ -182,7 +182,7 @@ def _default_label(identifier):
 def _labelled(selectors):
     """`[(label, identifier)]` with unique labels, from a list or a `{label: selector}` dict."""
     is_config = isinstance(selectors, dict) and ("name" in selectors or "class_name" in selectors)
-    if isinstance(selectors, (str, selection_lib.Selector)) or is_config:
+    if isinstance(selectors, (str, selectors_lib.Selector)) or is_config:
         selectors = [selectors]  # a single selector
     if isinstance(selectors, dict):
         pairs = [(str(label), identifier) for label, identifier in selectors.items()]
@@ -263,7 +263,7 @@ def run_selector(example, selector, top_k, num_heads, key_dim, seed=0, weights=N
         truth_recall = np.where(query_valid[:, None, :], truth_recall, np.nan)
     return SelectorRun(
         label=label or _default_label(selector),
-        selector=selection_lib.serialize(layer.selector),
+        selector=selectors_lib.serialize(layer.selector),
         per_head=bool(type(layer.selector).per_head),
         top_k=top_k,
         key_dim=int(key_dim),

@@ -11,7 +11,7 @@ from keras import constraints, initializers, regularizers
 from keras.src.backend.common.masking import set_keras_mask
 
 from sdattn.arguments import positive_int
-from sdattn import selection as selection_lib
+from sdattn import selectors as selectors_lib
 from sdattn.distinct import can_share_rows, distinct_rows
 from sdattn.masking import AttentionMask
 
@@ -115,7 +115,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                 "Received an invalid value for argument `dropout`, expected a float in [0, 1). "
                 f"Received: dropout={dropout!r}")
         output_shape = _output_shape_tuple(output_shape)
-        resolved_selector = selection_lib.get(selector)
+        resolved_selector = selectors_lib.get(selector)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.supports_masking = True
         self._num_heads = num_heads
@@ -238,7 +238,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             selection_mask = mask.for_distinct_rows(tf.shape(dense_query)[1])
         projected_query = self._project_query(selection_query, dense_query)  # [B, M|U, H, kd]
         projected_query = projected_query * tf.cast(self._key_dim ** -0.5, projected_query.dtype)
-        context = selection_lib.SelectionContext(
+        context = selectors_lib.SelectionContext(
             query=selection_query, key=key, projected_query=projected_query,
             project_key=lambda: self._key_dense(key), mask=selection_mask, num_heads=self._num_heads,
             training=training)
@@ -717,7 +717,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             "num_heads": self._num_heads,
             "key_dim": self._key_dim,
             "top_k": self._top_k,
-            "selector": selection_lib.serialize(self.selector),
+            "selector": selectors_lib.serialize(self.selector),
             "value_dim": self._value_dim,
             "dropout": self._dropout,
             "use_bias": self._use_bias,
@@ -736,5 +736,5 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["selector"] = selection_lib.get(config["selector"])
+        config["selector"] = selectors_lib.get(config["selector"])
         return cls(**config)

@@ -4,7 +4,7 @@ import pathlib
 
 from streamlit.testing.v1 import AppTest
 
-from sdattn import figures
+from ui import figures
 
 APP = pathlib.Path(__file__).resolve().parents[1] / "app.py"
 

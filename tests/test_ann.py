@@ -9,11 +9,10 @@ import pytest
 import tensorflow as tf
 
 import sdattn
-import sdattn.ann  # noqa: F401  (registers "ann" until sdattn/__init__ imports it)
 from cases import (check_save_load_round_trip, check_unknown_lengths_match_eager, random_case,
                    stable_seed)
 from sdattn import reference
-from sdattn.ann import AnnSelector
+from sdattn.selectors.ann import AnnSelector
 from sdattn.inputs import generate_inputs
 from sdattn.layer import SparseDenseMultiHeadAttention
 

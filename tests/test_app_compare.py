@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from app_cases import chart, open_app
-from sdattn import comparison, figures, inputs, metrics, reference
+from sdattn import comparison, inputs, metrics, reference
+from ui import figures
 from sdattn import weights as weights_lib
 from ui import comparison_views, detail, params, runner
 

@@ -9,7 +9,8 @@ import streamlit
 
 import sdattn
 from app_cases import APP, chart, open_app
-from sdattn import figures, inputs, reference
+from sdattn import inputs, reference
+from ui import figures
 from sdattn import weights as weights_lib
 from sdattn.walkthrough import BREAK_IT_PRESETS, build_walkthrough
 from ui import bundle, learn, params, url_state

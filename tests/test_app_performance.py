@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app_cases import chart, open_app
-from sdattn import figures
+from ui import figures
 from ui import params, performance
 
 TIMEOUT = 120  # the first run imports TensorFlow; the sweep traces a graph per method

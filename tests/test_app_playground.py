@@ -9,7 +9,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_cases import chart, open_app
-from sdattn import figures, inputs, reference
+from sdattn import inputs, reference
+from ui import figures
 from sdattn import weights as weights_lib
 from ui import detail, export, params, runner
 

@@ -125,7 +125,7 @@ def test_run_output_and_metrics_agree_with_the_numpy_reference(selector, planted
 
 
 def test_a_trained_selector_instance_is_compared_with_its_weights(planted_example):
-    from sdattn.learned import LearnedSelector
+    from sdattn.selectors.learned import LearnedSelector
     from sdattn.layer import SparseDenseMultiHeadAttention
 
     rng = np.random.default_rng(8)

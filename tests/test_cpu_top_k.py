@@ -1,4 +1,4 @@
-"""The compiled CPU top-k (`sdattn.cpu_top_k`) against `tf.math.top_k`: the same positions in
+"""The compiled CPU top-k (`sdattn.selectors.cpu_top_k`) against `tf.math.top_k`: the same positions in
 the same order, ties and masked keys included, and used only where TF can run it."""
 
 import contextlib
@@ -9,7 +9,9 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdattn import SparseDenseMultiHeadAttention, cpu_top_k, selection
+from sdattn import SparseDenseMultiHeadAttention
+from sdattn import selectors as selectors_lib
+from sdattn.selectors import cpu_top_k
 from tests.cases import random_case, stable_seed
 
 _KINDS = ("normal", "few levels", "mostly masked", "increasing", "decreasing", "constant")
@@ -115,9 +117,9 @@ def test_masked_top_k_equals_tf_in_graph_and_eager_with_the_same_gradient(path):
         return loss, indices, tape.gradient(loss, x)
 
     expected = loss_and_indices(lambda x: tf.math.top_k(x, 8), scores)
-    graph = tf.function(lambda x: loss_and_indices(lambda y: selection.masked_top_k(y, 8), x))
+    graph = tf.function(lambda x: loss_and_indices(lambda y: selectors_lib.masked_top_k(y, 8), x))
     assert _uses_kernel(graph, scores)
-    for got in (loss_and_indices(lambda x: selection.masked_top_k(x, 8), scores), graph(scores)):
+    for got in (loss_and_indices(lambda x: selectors_lib.masked_top_k(x, 8), scores), graph(scores)):
         for got_part, expected_part in zip(got, expected):
             np.testing.assert_array_equal(got_part.numpy(), expected_part.numpy())
 
@@ -133,7 +135,7 @@ def test_kernel_is_used_only_where_tf_can_run_it():
     with _kernel_enabled(False):
         assert not applies((2, 64))
     scores = tf.constant(np.random.default_rng(2).normal(size=(4, 256)).astype("float32"))
-    xla = tf.function(lambda x: selection.masked_top_k(x, 8), jit_compile=True)
+    xla = tf.function(lambda x: selectors_lib.masked_top_k(x, 8), jit_compile=True)
     assert not _uses_kernel(xla, scores)
     np.testing.assert_array_equal(xla(scores)[1].numpy(), tf.math.top_k(scores, 8).indices.numpy())
 

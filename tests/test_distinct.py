@@ -166,7 +166,7 @@ def test_distinct_rows_for_every_float_width(dtype):
 def test_hybrid_shares_its_dot_part_between_equal_rows(block_size, monkeypatch):
     """hybrid is not row-wise (its window depends on the row's position), but its dot
     candidates are: they are found once per distinct row, and must equal per-row selection."""
-    from sdattn.selection import SelectionContext
+    from sdattn.selectors import SelectionContext
 
     rng = np.random.default_rng(7)
     query, value = repeated_rows_case(rng, keys=40)

@@ -25,8 +25,7 @@ tf.config.set_logical_device_configuration(
 
 import keras
 import sdattn
-import sdattn.ann  # registers "ann"
-from sdattn import cpu_top_k
+from sdattn.selectors import cpu_top_k
 from sdattn.layer import SparseDenseMultiHeadAttention
 
 # Counts the compiled top-k's calls (looked up at run time), per selector below; these inputs

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from sdattn import figures
+from ui import figures
 
 H, M, N, K = 3, 5, 9, 4
 

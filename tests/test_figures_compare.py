@@ -1,4 +1,4 @@
-"""Unit tests of the compare page's figure builders in sdattn.figures: the A/B diff map, metric
+"""Unit tests of the compare page's figure builders in ui.figures: the A/B diff map, metric
 histograms, k-sweep curves and head-agreement heatmaps, checked on small hand-made selections."""
 
 import math
@@ -7,7 +7,8 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from sdattn import figures, metrics
+from sdattn import metrics
+from ui import figures
 
 # Three queries over six keys; -1 marks an empty slot.
 INDICES_A = np.array([[0, 1, 2], [3, 4, -1], [5, 0, 1]])
@@ -147,7 +148,7 @@ def test_head_agreement_facets_hold_the_jaccard_matrices():
 
 
 def test_scaling_figure_labels_log_ticks_with_full_numbers():
-    from sdattn.figures import scaling_figure
+    from ui.figures import scaling_figure
 
     figure = scaling_figure({"sdattn cosine": ([1024, 4096], [6.5, 21.8]),
                              "keras MHA": ([1024, 4096], [4.7, 58.0])},
@@ -162,7 +163,7 @@ def test_scaling_figure_keeps_many_methods_apart_and_the_title_above_the_legend(
     """The stored benchmark has ten methods: past the eight colours a method is dotted (not a
     second solid line of a colour already used), and the top margin grows with the legend's
     rows while the title stays at the top."""
-    from sdattn.figures import scaling_figure
+    from ui.figures import scaling_figure
 
     methods = [f"method {i}" for i in range(9)] + ["keras MHA"]
     figure = scaling_figure({name: ([1024, 4096], [1.0 + i, 2.0 + i]) for i, name in enumerate(methods)},

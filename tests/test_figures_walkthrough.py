@@ -4,7 +4,8 @@ No Streamlit and no TensorFlow: hand-built weights, checked against sdattn.refer
 import numpy as np
 import pytest
 
-from sdattn import figures, reference
+from sdattn import reference
+from ui import figures
 from sdattn.walkthrough import build_walkthrough
 
 M, N, DQ, D, H, KD, K = 4, 12, 6, 5, 2, 3, 3

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sdattn import selection
+from sdattn import selectors as selectors_lib
 
 
 @pytest.mark.parametrize("shape,k,group_size", [
@@ -15,7 +15,7 @@ def test_grouped_top_k_equals_plain_top_k(shape, k, group_size):
     rng = np.random.default_rng(sum(shape) + k)
     scores = rng.normal(size=shape).astype("float32")
     scores[rng.random(shape) < 0.2] = -np.inf  # masked keys
-    values, indices = selection.grouped_top_k(tf.constant(scores), k, group_size)
+    values, indices = selectors_lib.grouped_top_k(tf.constant(scores), k, group_size)
     expected_values, expected_indices = tf.math.top_k(scores, k)
     np.testing.assert_array_equal(values.numpy(), expected_values.numpy())
     np.testing.assert_array_equal(indices.numpy(), expected_indices.numpy())
@@ -27,23 +27,23 @@ def test_grouped_top_k_equals_plain_top_k(shape, k, group_size):
 def test_grouped_top_k_breaks_ties_by_lower_index():
     scores = np.zeros((2, 512), "float32")
     scores[:, 100:200] = 1.0
-    _, indices = selection.grouped_top_k(tf.constant(scores), 8, 8)
+    _, indices = selectors_lib.grouped_top_k(tf.constant(scores), 8, 8)
     np.testing.assert_array_equal(indices.numpy(), np.tile(np.arange(100, 108), (2, 1)))
 
 
 def test_block_sizes_follow_the_score_budget_per_batch_item():
     """Shared selectors get about 16 M scores per block and batch item, per-head ones 64 M;
     `block_size=` overrides both, and a block never holds fewer than k keys."""
-    from sdattn import selection
+    from sdattn import selectors as selectors_lib
 
     class Context:
         max_queries, num_heads = 512, 8
 
-    assert selection.get("cosine")._block_size(Context, 32) == 2**24 // 512
-    assert selection.get("dot")._block_size(Context, 32) == 2**26 // (512 * 8)
-    assert selection.get({"name": "dot", "block_size": 100})._block_size(Context, 32) == 100
+    assert selectors_lib.get("cosine")._block_size(Context, 32) == 2**24 // 512
+    assert selectors_lib.get("dot")._block_size(Context, 32) == 2**26 // (512 * 8)
+    assert selectors_lib.get({"name": "dot", "block_size": 100})._block_size(Context, 32) == 100
     Context.max_queries = 2**30
-    assert selection.get("dot")._block_size(Context, 32) == 32
+    assert selectors_lib.get("dot")._block_size(Context, 32) == 32
 
 
 @pytest.mark.parametrize("block_size", [1000, 300, 37, 10], ids=["1-block", "4-blocks", "28-blocks", "100-blocks"])
@@ -63,7 +63,7 @@ def test_streamed_top_k_equals_one_top_k_over_all_keys(block_size):
             loss = tf.reduce_sum(values * tf.range(1.0, k + 1.0))
         return values, indices, tape.gradient(loss, scores)
 
-    got = top_k_and_gradient(lambda: selection.streamed_top_k(
+    got = top_k_and_gradient(lambda: selectors_lib.streamed_top_k(
         lambda start, stop: scores[..., start:stop], 1000, block_size, k, return_values=True))
     expected = top_k_and_gradient(lambda: tf.math.top_k(scores, k))
     for got_part, expected_part in zip(got, expected):

@@ -1,5 +1,5 @@
 """The compare page's controls and views: selectors to compare, the A/B pair, metric table, diff
-map, histograms, worst queries, k-sweep and head agreement (figures: sdattn.figures)."""
+map, histograms, worst queries, k-sweep and head agreement (figures: ui.figures)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pandas as pd
 import streamlit as st
 
 import sdattn
-from sdattn import comparison, figures, metrics
+from sdattn import comparison, metrics
+from ui import figures
 from ui import detail, params, runner, url_state
 from ui.widgets import default, show_figure
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from sdattn import figures
+from ui import figures
 from ui import params, url_state
 from ui.runner import RunResult
 from ui.widgets import clamp, default, show_figure

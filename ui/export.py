@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from sdattn import figures
+from ui import figures
 
 CSV_COLUMNS = (
     "query", "query_label", "head", "slot", "key", "key_label", "weight", "ground_truth",

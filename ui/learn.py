@@ -1,5 +1,5 @@
 """The learn page's parts: the tiny example and its break-it presets, the controls, and one step
-of the walkthrough as paragraph, formula, numbers and figure (figures: sdattn.figures)."""
+of the walkthrough as paragraph, formula, numbers and figure (figures: ui.figures)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pandas as pd
 import streamlit as st
 
 import sdattn
-from sdattn import figures, inputs, selection
+from sdattn import inputs
+from ui import figures
+from sdattn import selectors as selectors_lib
 from sdattn.walkthrough import BREAK_IT_PRESETS, Walkthrough
 from ui import params, url_state
 from ui.runner import InputSpec, ModelSettings, generated_example
@@ -111,7 +113,7 @@ def model_controls() -> tuple[int, ModelSettings]:
         "Selector", names, key=params.LEARN_SELECTOR,
         help="`dot` keeps the exact top-k of the scores of step 3; the others pick their own "
              "keys, and the walkthrough then explains the keys they picked.")
-    st.caption(selection.selector_descriptions().get(selector, ""))
+    st.caption(selectors_lib.selector_descriptions().get(selector, ""))
     default(params.LEARN_WEIGHTS, params.DEFAULT_WEIGHTS)
     weights = st.radio(
         "Weights", params.WEIGHT_KINDS, format_func=params.WEIGHT_LABELS.get,

@@ -13,7 +13,8 @@ import pandas as pd
 import streamlit as st
 
 import sdattn
-from sdattn import bench, figures
+from sdattn import bench
+from ui import figures
 from ui import params
 from ui.widgets import default, show_figure
 
@@ -70,11 +71,7 @@ class SweepSettings:
 
 
 def selector_options() -> list[str]:
-    """Selectors the sweep can time: every registered one, `ann` included when Faiss imports."""
-    try:
-        import sdattn.ann  # noqa: F401  (registers "ann"; needs faiss)
-    except ImportError:
-        pass
+    """Selectors the sweep can time: every registered one."""
     return sdattn.available_selectors()
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import streamlit as st
 
 import sdattn
-from sdattn import comparison, inputs, reference, selection
+from sdattn import comparison, inputs, reference
+from sdattn import selectors as selectors_lib
 from sdattn import weights as weights_lib
 from ui import params
 
@@ -137,7 +138,7 @@ def layer_weights(spec: InputSpec, settings: ModelSettings,
 
 def selector_config(name: str, seed: int) -> str | dict:
     """The `selector=` argument: seeded where the selector takes a seed (random), else the name."""
-    probe = selection.get(name)
+    probe = selectors_lib.get(name)
     if "seed" in probe.get_config():
         return {"name": name, "seed": seed}
     return name

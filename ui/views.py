@@ -1,5 +1,5 @@
 """The views a run feeds: size summary with the budget guard, selection view, per-head heatmaps,
-downloads. Shared by the playground and, later, the compare page (figures: sdattn.figures)."""
+downloads. Shared by the playground and, later, the compare page (figures: ui.figures)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 import sdattn
-from sdattn import figures
+from ui import figures
 from ui import export
 from ui.runner import InputSpec, ModelSettings, RunResult
 from ui.widgets import show_figure

@@ -13,7 +13,8 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx
 
 import sdattn
-from sdattn import inputs, selection
+from sdattn import inputs
+from sdattn import selectors as selectors_lib
 from ui import bundle, generators, params, url_state
 from ui.runner import InputSpec, ModelSettings, generated_example, read_upload
 
@@ -208,7 +209,7 @@ def model_controls(num_keys: int, *, choose_selector: bool = True) -> ModelSetti
 def selector_control() -> str:
     """The selector box, with the chosen selector's one-line description under it."""
     names = sdattn.available_selectors()
-    descriptions = selection.selector_descriptions()
+    descriptions = selectors_lib.selector_descriptions()
     default(params.SELECTOR,
             params.DEFAULT_SELECTOR if params.DEFAULT_SELECTOR in names else names[0])
     selector = st.selectbox(

@@ -6,7 +6,9 @@ import numbers
 
 import tensorflow as tf
 
-from sdattn.selection import Selector, WindowSelector, register_selector, streamed_top_k
+from sdattn.selectors.base import Selector, register_selector
+from sdattn.selectors.top_k import streamed_top_k
+from sdattn.selectors.window import WindowSelector
 
 # Up to this many (key, taken key) comparisons in one block, the dot part ranks the window's
 # keys last while scoring; above it, or over several blocks, it fetches w more keys and drops

@@ -6,7 +6,7 @@ import numbers
 import keras
 import tensorflow as tf
 
-from sdattn.selection import Selector, register_selector
+from sdattn.selectors.base import Selector, register_selector
 
 
 def _query_features(query, kernel):

@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from sdattn import workers
 from sdattn.arguments import invalid_value
-from sdattn.selection import CosineSelector, Selector, register_selector
+from sdattn.selectors.base import Selector, register_selector
+from sdattn.selectors.cosine import CosineSelector
 
 # Rows normalised and added to an index per step: bounds the temporary copy to 64 MB at D=256.
 _ADD_CHUNK_ROWS = 65_536

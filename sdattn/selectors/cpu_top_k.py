@@ -11,7 +11,7 @@ It runs outside TF's graph (through `tf.numpy_function` in a `tf.function`), so 
 only where that costs nothing: TF on the CPU, no XLA compilation, float32 or float64 scores.
 A call with at most `_SORT_MAX_SCORES` scores is ranked by a NumPy argsort instead, so small
 inputs never load Numba.
-Elsewhere `sdattn.selection.grouped_top_k` runs in TF. `set_enabled(False)` (or the
+Elsewhere `sdattn.selectors.top_k.grouped_top_k` runs in TF. `set_enabled(False)` (or the
 environment variable `SDATTN_CPU_TOP_K=0`) turns it off, for example before exporting a graph
 with `tf.saved_model`, which cannot hold Python code.
 """
@@ -65,7 +65,7 @@ def _numba_installed():
 
 def _kernel():
     """The compiled `top_k_rows` (imports Numba on first use)."""
-    from sdattn import top_k_kernel
+    from sdattn.selectors import top_k_kernel
 
     return top_k_kernel.top_k_rows
 

@@ -7,7 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from sdattn.arguments import positive_int
-from sdattn.selection import CosineSelector, register_selector
+from sdattn.selectors.base import register_selector
+from sdattn.selectors.cosine import CosineSelector
 
 # Cosine lies in [-1, 1], so a step of 4 per Hamming bit keeps every key of a nearer bucket ahead
 # of every key of a farther one, whatever their cosines (with margin for rounding).
