@@ -1,0 +1,130 @@
+"""The shipped real-text example and trained demo layer: the committed bundle is what the build script
+makes from the committed texts, the generator draws real paragraphs, and the demo layer beats its baseline."""
+
+import hashlib
+import importlib.util
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import sdattn
+from sdattn import InputError
+from sdattn.inputs.generators import REAL_TEXT_BUNDLE
+
+ASSETS = pathlib.Path(__file__).resolve().parents[1] / "assets" / "realtext"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"realtext_{name}", ASSETS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def builder():
+    return _script("make_realtext")
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return sdattn.load_inputs(REAL_TEXT_BUNDLE)
+
+
+def test_committed_bundle_is_what_the_script_builds(builder, committed):
+    rebuilt = builder.to_example(builder.build())
+    np.testing.assert_array_equal(committed.query_indices, rebuilt.query_indices)
+    np.testing.assert_array_equal(committed.query_values, rebuilt.query_values)
+    assert committed.query_shape == rebuilt.query_shape == (1, 340, 400)
+    # The SVD runs in LAPACK, whose last bits may differ between machines.
+    np.testing.assert_allclose(committed.value, rebuilt.value, rtol=0, atol=1e-5)
+    assert committed.query_labels == rebuilt.query_labels
+    assert committed.key_labels == rebuilt.key_labels
+    assert committed.metadata == rebuilt.metadata
+
+
+def test_texts_are_the_ones_the_bundle_was_built_from(builder, committed):
+    for name, digest in committed.metadata["text_sha256"].items():
+        text = (ASSETS / "texts" / f"{name}.txt").read_bytes()
+        assert hashlib.sha256(text).hexdigest() == digest, name
+    assert set(committed.metadata["text_sha256"]) == set(builder.LICENSES)
+
+
+def test_words_on_every_axis(builder, committed):
+    words = committed.key_labels
+    assert len(set(words)) == 400 and committed.metadata["feature_labels"] == words
+    corpus_text = " ".join(
+        (ASSETS / "texts" / f"{name}.txt").read_text(encoding="utf-8").lower()
+        for name in builder.LICENSES)
+    corpus_words = set(re.findall(r"[a-z]+", corpus_text))
+    assert all(word in corpus_words and word not in builder.STOPWORDS for word in words)
+    assert {"patent", "library", "warranty", "document"} <= set(words)
+    pattern = re.compile(r"^(%s) ¶\d+: [A-Za-z ]+$" % "|".join(map(re.escape, builder.LICENSES)))
+    assert all(pattern.match(label) for label in committed.query_labels)
+    assert len(set(committed.query_labels)) == committed.num_queries
+
+
+def test_tfidf_rows_hold_the_paragraph_words(builder, committed):
+    """Spot-check against the raw text: a row's features are exactly its vocabulary words."""
+    words = committed.key_labels
+    label = next(label for label in committed.query_labels if label.startswith("GPL-3 ¶"))
+    number = int(re.search(r"¶(\d+)", label).group(1))
+    text = (ASSETS / "texts" / "GPL-3.txt").read_text(encoding="utf-8")
+    paragraph = [block for block in re.split(r"\n\s*\n", text) if block.strip()][number - 1]
+    expected = {word for word in re.findall(r"[a-z]{2,}", paragraph.lower()) if word in words}
+    row = committed.to_scipy(0)[committed.query_labels.index(label)]
+    assert {words[i] for i in row.indices} == expected
+    np.testing.assert_allclose(np.linalg.norm(row.data), 1.0, rtol=1e-6)
+
+
+def test_word_vectors_place_related_words_together(committed):
+    words = committed.key_labels
+    vectors = committed.value[0]
+
+    def similarity(a, b):
+        return float(vectors[words.index(a)] @ vectors[words.index(b)])
+
+    # Words that share sentences in these licences, against words that do not.
+    assert similarity("patent", "infringement") > similarity("patent", "document") + 0.2
+    assert similarity("warranty", "liability") > similarity("warranty", "library") + 0.2
+
+
+def test_generator_draws_real_paragraphs(committed):
+    assert "real_text" in sdattn.available_generators()
+    description = sdattn.generator_descriptions()["real_text"]
+    assert "\n" not in description and "words" in description
+    example = sdattn.generate_inputs("real_text", seed=3, num_queries=12, batch_size=2)
+    sdattn.validate_example(example)
+    assert example.query_shape == (2, 12, 400) and example.value.shape == (2, 400, 32)
+    assert example.key_labels == committed.key_labels
+    assert example.metadata["feature_labels"] == committed.key_labels
+    assert example.metadata["source"] == "generated" and example.metadata["seed"] == 3
+    corpus_rows = committed.to_scipy(0).toarray()
+    for item, positions in enumerate(example.metadata["paragraphs"]):
+        assert positions == sorted(positions) and len(set(positions)) == 12
+        np.testing.assert_array_equal(example.to_scipy(item).toarray(), corpus_rows[positions])
+        np.testing.assert_array_equal(example.value[item], committed.value[0])
+    assert example.query_labels == [committed.query_labels[p] for p in example.metadata["paragraphs"][0]]
+    again = sdattn.generate_inputs("real_text", seed=3, num_queries=12, batch_size=2)
+    np.testing.assert_array_equal(again.query_indices, example.query_indices)
+    other = sdattn.generate_inputs("real_text", seed=4, num_queries=12, batch_size=2)
+    assert other.metadata["paragraphs"] != example.metadata["paragraphs"]
+
+
+def test_generator_licence_filter_and_errors():
+    example = sdattn.generate_inputs("real_text", num_queries=5, licenses="CC0-1.0, MPL-2.0")
+    assert all(label.startswith(("CC0-1.0 ", "MPL-2.0 ")) for label in example.query_labels)
+    with pytest.raises(InputError, match="'BSD' is not one of"):
+        sdattn.generate_inputs("real_text", licenses="BSD")
+    with pytest.raises(InputError, match="expected at most 340"):
+        sdattn.generate_inputs("real_text", num_queries=341)
+    with pytest.raises(InputError, match="num_queries"):
+        sdattn.generate_inputs("real_text", num_queries=0)
+
+
+def test_committed_files_stay_small():
+    sizes = {path.relative_to(ASSETS).as_posix(): path.stat().st_size
+             for path in ASSETS.rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+    assert sum(sizes.values()) < 400_000, sizes
