@@ -8,12 +8,14 @@ import re
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import sdattn
 from sdattn import InputError
 from sdattn.inputs.generators import REAL_TEXT_BUNDLE
 
 ASSETS = pathlib.Path(__file__).resolve().parents[1] / "assets" / "realtext"
+DEMO_SESSION = ASSETS / "demo_session.npz"
 
 
 def _script(name):
@@ -128,3 +130,54 @@ def test_committed_files_stay_small():
     sizes = {path.relative_to(ASSETS).as_posix(): path.stat().st_size
              for path in ASSETS.rglob("*") if path.is_file() and "__pycache__" not in path.parts}
     assert sum(sizes.values()) < 400_000, sizes
+
+
+# ---- the trained demo layer ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return sdattn.load_session(DEMO_SESSION)
+
+
+def test_demo_session_holds_the_held_out_paragraphs(demo, committed):
+    example, layer = demo
+    report = example.metadata["demo"]
+    split = _script("make_demo_session").split(np.asarray(committed.metadata["paragraph_classes"]))
+    train, test = split
+    assert len(np.intersect1d(train, test)) == 0 and report["num_test"] == test.size
+    np.testing.assert_array_equal(example.to_scipy(0).toarray(), committed.to_scipy(0).toarray()[test])
+    np.testing.assert_array_equal(example.value, committed.value)
+    assert example.query_labels == [committed.query_labels[p] for p in test]
+    assert example.key_labels == committed.key_labels == example.metadata["feature_labels"]
+    assert report["targets"] == np.asarray(committed.metadata["paragraph_classes"])[test].tolist()
+    assert layer.name == "licence_attention" and example.metadata["session"]["selector"] == "dot"
+
+
+def test_demo_layer_beats_its_baseline(demo):
+    example, layer = demo
+    report = example.metadata["demo"]
+    targets = np.asarray(report["targets"])
+    query, value = example.to_sparse_tensor(), tf.constant(example.value)
+    logits, scores, indices = layer(query, value, return_attention_scores=True)
+    predictions = np.argmax(logits.numpy()[0], axis=-1)
+    accuracy = float(np.mean(predictions == targets))
+    assert accuracy == pytest.approx(report["held_out_accuracy"], abs=1e-4)
+    majority = np.mean(targets == report["classes"].index(report["majority_class"]))
+    assert report["majority_baseline"] == pytest.approx(majority, abs=1e-4)
+    assert accuracy > majority + 0.2, (accuracy, majority)
+    assert indices.shape == (1, 4, example.num_queries, 16) and (indices.numpy() >= 0).all()
+    # The words it chose carry the answer: the same weights on random words do much worse.
+    config = {**layer.get_config(), "selector": {"name": "random", "seed": 1}}
+    random_keys = sdattn.SparseDenseMultiHeadAttention.from_config(config)
+    random_keys(query, value)
+    random_keys.set_weights(layer.get_weights())
+    random_accuracy = np.mean(np.argmax(random_keys(query, value).numpy()[0], -1) == targets)
+    assert accuracy > random_accuracy + 0.2, (accuracy, random_accuracy)
+
+
+def test_demo_layer_runs_on_the_generated_real_text(demo):
+    _, layer = demo
+    example = sdattn.generate_inputs("real_text", num_queries=8)
+    output = layer(example.to_sparse_tensor(), tf.constant(example.value))
+    assert output.shape == (1, 8, 7) and np.isfinite(output.numpy()).all()
