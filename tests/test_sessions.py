@@ -133,6 +133,30 @@ def test_dense_query_separate_key_and_file_object():
         np.testing.assert_array_equal(got, want, err_msg=name)
 
 
+@pytest.mark.parametrize("options", [
+    {"use_bias": False, "selector": "window"},
+    {"dtype": "mixed_float16", "selector": "hybrid", "value_dim": 3},
+    {"output_shape": (2, 3), "selector": "cosine", "kernel_initializer": "he_normal",
+     "kernel_regularizer": "l2", "bias_constraint": "non_neg"},
+])
+def test_round_trip_of_layer_options(options, tmp_path):
+    dense, value, query_mask, value_mask = _inputs(seed=2)
+    keras.utils.set_random_seed(3)
+    layer = SparseDenseMultiHeadAttention(2, 4, 5, name="options", **options)
+    query = tf.sparse.from_dense(dense)
+    expected = _call(layer, query, tf.constant(value), query_mask, value_mask)
+    save_session(tmp_path / "options.npz", layer, query, value, query_mask=query_mask,
+                 value_mask=value_mask)
+
+    example, restored = load_session(tmp_path / "options.npz")
+
+    assert restored.get_config() == layer.get_config()
+    actual = _call(restored, example.to_sparse_tensor(), tf.constant(example.value),
+                   example.query_mask, example.value_mask)
+    for name, got, want in zip(("output", "scores", "indices"), actual, expected):
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
 def test_bundles_and_other_files_are_not_sessions(tmp_path):
     example = sdattn.generate_inputs("random")
     sdattn.save_inputs(example, tmp_path / "bundle.npz")
@@ -279,6 +303,7 @@ def _config(session_members):
 @pytest.mark.parametrize("tamper, fragment", [
     (lambda c: c["selector"].update(class_name="Lambda", registered_name=None), "Lambda"),
     (lambda c: c["selector"].update(class_name="Evil", registered_name="custom>Evil"), "Evil"),
+    (lambda c: c["selector"].update(module="os"), "not a registered sdattn selector"),
     (lambda c: c.update(kernel_initializer={"module": "builtins", "class_name": "eval",
                                             "config": {}, "registered_name": None}), "eval"),
     (lambda c: c.update(kernel_initializer={"module": "keras.initializers",

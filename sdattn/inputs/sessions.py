@@ -150,7 +150,7 @@ def save_session(
     # Refuse now what load_session would refuse, rather than write a file nobody can open.
     _check_layer_config(json.loads(config_json.tobytes().decode("utf-8")), "the layer config")
     weights = layer.get_weights()
-    _check_input_dims(weights, query_dim, value_array, key_array)
+    _check_input_dims(layer, query_dim, value_array, key_array)
     for position, weight in enumerate(weights):
         arrays[_WEIGHT_MEMBER.format(position)] = np.asarray(weight)
     import keras
@@ -232,12 +232,12 @@ def _label_list(labels, argument: str, expected: int) -> list[str]:
     return labels
 
 
-def _check_input_dims(weights, query_dim, value_array, key_array):
-    # The layer contract fixes the first kernels: query [Dq, H, kd], key [Dk, H, kd], value [Dv, H, vd].
-    key_dim = (value_array if key_array is None else key_array).shape[2]
-    for position, name, size in ((0, "query", query_dim), (2, "key", key_dim),
-                                 (4, "value", value_array.shape[2])):
-        kernel_rows = weights[position].shape[0] if len(weights) > position else None
+def _check_input_dims(layer, query_dim, value_array, key_array):
+    key_features = (value_array if key_array is None else key_array).shape[2]
+    for name, projection, size in (("query", layer._query_dense, query_dim),
+                                   ("key", layer._key_dense, key_features),
+                                   ("value", layer._value_dense, value_array.shape[2])):
+        kernel_rows = int(projection.kernel.shape[0])  # kernels are [features, H, head size]
         if kernel_rows != size:
             raise InputError(
                 f"{name} has {size} features but the layer was built for {kernel_rows}; expected "
@@ -614,7 +614,9 @@ def _check_selector_object(node: dict, where: str):
     registered = {f"sdattn>{cls.__name__}": cls for cls in base._REGISTRY.values()}
     registered_name = node.get("registered_name")
     cls = registered.get(registered_name)
-    if cls is None or node.get("class_name") != cls.__name__:
+    module = node.get("module")
+    if (cls is None or node.get("class_name") != cls.__name__ or not isinstance(module, str)
+            or not (module == "sdattn" or module.startswith("sdattn."))):
         raise InputError(
             f"{where}: selector class {str(node.get('class_name'))[:40]!r} "
             f"({str(registered_name)[:40]}) is not a registered sdattn selector; expected one of "
