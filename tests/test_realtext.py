@@ -118,6 +118,9 @@ def test_generator_draws_real_paragraphs(committed):
 def test_generator_licence_filter_and_errors():
     example = sdattn.generate_inputs("real_text", num_queries=5, licenses="CC0-1.0, MPL-2.0")
     assert all(label.startswith(("CC0-1.0 ", "MPL-2.0 ")) for label in example.query_labels)
+    assert sdattn.generator_defaults("real_text")["licenses"] == "all"
+    every = sdattn.generate_inputs("real_text", num_queries=340, licenses="")
+    assert every.query_labels == sdattn.generate_inputs("real_text", num_queries=340).query_labels
     with pytest.raises(InputError, match="'BSD' is not one of"):
         sdattn.generate_inputs("real_text", licenses="BSD")
     with pytest.raises(InputError, match="expected at most 340"):
@@ -181,3 +184,19 @@ def test_demo_layer_runs_on_the_generated_real_text(demo):
     example = sdattn.generate_inputs("real_text", num_queries=8)
     output = layer(example.to_sparse_tensor(), tf.constant(example.value))
     assert output.shape == (1, 8, 7) and np.isfinite(output.numpy()).all()
+
+
+def test_playground_offers_real_text_with_words_on_the_axes():
+    from app_cases import chart, open_app
+    from ui import params
+
+    app = open_app(timeout=120)
+    app.selectbox(key=params.KIND).set_value("real_text").run(timeout=120)
+    assert not app.exception
+    example = sdattn.generate_inputs("real_text")
+    spec = chart(app, "selection_view")
+    assert spec["data"][0]["y"] == example.query_labels
+    assert "40 queries × 400 keys" in spec["layout"]["title"]["text"]
+    # 400 keys are drawn in blocks, each named by its first and last word.
+    first_block = spec["data"][0]["x"][0]
+    assert first_block.split("…")[0] == example.key_labels[0] == "license"

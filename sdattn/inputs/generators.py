@@ -362,7 +362,7 @@ def _real_text_corpus() -> Example:
 
 
 @_generator("real_text")
-def _generate_real_text(rng, batch_size=1, num_queries=40, licenses="") -> Example:
+def _generate_real_text(rng, batch_size=1, num_queries=40, licenses="all") -> Example:
     """Real text: licence paragraphs as TF-IDF rows over 400 real words; the keys are those words' vectors.
 
     The corpus is seven licence texts from Debian's /usr/share/common-licenses (Apache-2.0,
@@ -376,8 +376,8 @@ def _generate_real_text(rng, batch_size=1, num_queries=40, licenses="") -> Examp
         batch_size: B; every batch item draws its own paragraphs.
         num_queries: M, paragraphs per batch item (drawn without replacement, kept in corpus
             order).
-        licenses: comma-separated licence names to draw from (e.g. "GPL-3, MPL-2.0"); empty
-            for all seven.
+        licenses: comma-separated licence names to draw from (e.g. "GPL-3, MPL-2.0"), or "all"
+            (or empty) for all seven.
 
     Returns:
         The example (N = Dq = 400 words); metadata["feature_labels"] holds the words,
@@ -395,7 +395,8 @@ def _generate_real_text(rng, batch_size=1, num_queries=40, licenses="") -> Examp
     corpus = _real_text_corpus()
     classes = list(corpus.metadata["classes"])
     paragraph_classes = np.asarray(corpus.metadata["paragraph_classes"])
-    wanted = [name.strip() for name in licenses.split(",") if name.strip()]
+    wanted = [name.strip() for name in licenses.split(",")
+              if name.strip() and name.strip().lower() != "all"]
     unknown = [name for name in wanted if name not in classes]
     if unknown:
         raise InputError(
