@@ -3,6 +3,7 @@ makes from the committed texts, the generator draws real paragraphs, and the dem
 
 import hashlib
 import importlib.util
+import os
 import pathlib
 import re
 
@@ -200,3 +201,33 @@ def test_playground_offers_real_text_with_words_on_the_axes():
     # 400 keys are drawn in blocks, each named by its first and last word.
     first_block = spec["data"][0]["x"][0]
     assert first_block.split("…")[0] == example.key_labels[0] == "license"
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory):
+    """The training script run again (about 10 s in-process): its report and session path."""
+    path = tmp_path_factory.mktemp("retrain") / "again.npz"
+    return _script("make_demo_session").train(path), path
+
+
+def test_training_script_beats_the_baseline_when_rerun(retrained, demo):
+    report, path = retrained
+    committed_report = demo[0].metadata["demo"]
+    assert report["targets"] == committed_report["targets"]
+    assert report["majority_baseline"] == committed_report["majority_baseline"]
+    assert report["held_out_accuracy"] > report["majority_baseline"] + 0.2, report
+    assert report["held_out_accuracy"] > report["random_keys_accuracy"] + 0.2, report
+    # Top-k selection is discrete, so other float kernels (another CPU, TF_ENABLE_ONEDNN_OPTS=0)
+    # can pick other words during training: 0.647 instead of 0.671 was measured that way.
+    assert abs(report["held_out_accuracy"] - committed_report["held_out_accuracy"]) < 0.06
+    assert sdattn.is_session_file(path)
+
+
+@pytest.mark.skipif(not os.environ.get("SDATTN_RETRAIN"),
+                    reason="exact only with the float kernels the session was made with; set "
+                           "SDATTN_RETRAIN=1 on such a machine")
+def test_training_script_regenerates_the_demo_session_exactly(retrained, demo):
+    report, path = retrained
+    example, layer = demo
+    assert report == example.metadata["demo"]
+    assert path.read_bytes() == DEMO_SESSION.read_bytes()

@@ -51,7 +51,8 @@ def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == targets))
 
 
-def main():
+def train(session_path: pathlib.Path = SESSION) -> dict:
+    """Trains the layer, writes the session to `session_path` and returns the report it stores."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -122,15 +123,21 @@ def main():
         "builder": "assets/realtext/make_demo_session.py",
     }
     sdattn.save_session(
-        SESSION, layer, session_query, vectors[None], feature_names=words,
+        session_path, layer, session_query, vectors[None], feature_names=words,
         query_names=[corpus.query_labels[position] for position in test], key_names=words,
         metadata={"demo": report})
-    print(f"held-out accuracy {held_out:.3f} on {test.size} paragraphs "
-          f"(train {train_accuracy:.3f} on {train.size})")
-    print(f"majority-class baseline {baseline:.3f} (always {classes[majority]}); chance "
-          f"{1 / len(classes):.3f}")
-    print(f"same weights, random keys instead of the selected ones: {with_random_keys:.3f}")
-    print(f"wrote {SESSION} ({SESSION.stat().st_size:,} bytes)")
+    return report
+
+
+def main():
+    report = train(SESSION)
+    print(f"held-out accuracy {report['held_out_accuracy']:.3f} on {report['num_test']} "
+          f"paragraphs (train {report['train_accuracy']:.3f} on {report['num_train']})")
+    print(f"majority-class baseline {report['majority_baseline']:.3f} (always "
+          f"{report['majority_class']}); chance {report['chance']:.3f}")
+    print("same weights, random keys instead of the selected ones: "
+          f"{report['random_keys_accuracy']:.3f}")
+    print(f"wrote {SESSION.relative_to(ROOT)} ({SESSION.stat().st_size:,} bytes)")
 
 
 if __name__ == "__main__":
