@@ -231,3 +231,9 @@ def test_training_script_regenerates_the_demo_session_exactly(retrained, demo):
     example, layer = demo
     assert report == example.metadata["demo"]
     assert path.read_bytes() == DEMO_SESSION.read_bytes()
+
+
+def test_retraining_leaves_op_determinism_as_it_was(retrained):
+    from tensorflow.python.framework import config as framework_config
+
+    assert not framework_config.is_op_determinism_enabled()

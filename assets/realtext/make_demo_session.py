@@ -52,8 +52,26 @@ def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 def train(session_path: pathlib.Path = SESSION) -> dict:
-    """Trains the layer, writes the session to `session_path` and returns the report it stores."""
+    """Trains the layer, writes the session to `session_path` and returns the report it stores.
+
+    Op determinism is on while it trains and back to its previous state afterwards, so a test
+    process calling this keeps its own settings.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    # The public API can only switch determinism on; this module can also switch it back.
+    from tensorflow.python.framework import config as framework_config
+
+    was_deterministic = framework_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        return _train(session_path)
+    finally:
+        if not was_deterministic:
+            framework_config.disable_op_determinism()
+
+
+def _train(session_path: pathlib.Path) -> dict:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     import keras
@@ -63,7 +81,6 @@ def train(session_path: pathlib.Path = SESSION) -> dict:
     from sdattn.inputs.generators import REAL_TEXT_BUNDLE
 
     keras.utils.set_random_seed(SEED)
-    tf.config.experimental.enable_op_determinism()
     corpus = sdattn.load_inputs(REAL_TEXT_BUNDLE)
     classes = list(corpus.metadata["classes"])
     targets = np.asarray(corpus.metadata["paragraph_classes"], dtype=np.int32)
