@@ -20,6 +20,7 @@ from sdattn.inputs import (
     save_inputs,
     save_session,
     validate_example,
+    with_selector,
 )
 from sdattn.layer import SparseDenseMultiHeadAttention
 from sdattn.selectors import (
@@ -76,5 +77,6 @@ __all__ = [
     "save_session",
     "selector_descriptions",
     "validate_example",
+    "with_selector",
     "__version__",
 ]

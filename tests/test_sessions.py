@@ -345,3 +345,55 @@ def test_saving_a_custom_selector_is_refused(tmp_path):
     layer(dense, value)
     with pytest.raises(InputError, match="not a registered sdattn selector"):
         save_session(tmp_path / "custom.npz", layer, dense, value)
+
+
+# ---- another selector on the same weights ---------------------------------------------------
+
+
+def test_with_selector_keeps_a_trained_layer_exactly():
+    dense, value, query_mask, value_mask = _inputs()
+    layer = _trained_layer("learned")
+    query = tf.sparse.from_dense(dense)
+    expected = _call(layer, query, tf.constant(value), query_mask, value_mask)
+    for selector in (None, {"name": "learned", "seed": 5, "rank": 3}):
+        copy = sdattn.with_selector(layer, selector)
+        assert copy is not layer and copy.selector is not layer.selector
+        actual = _call(copy, query, tf.constant(value), query_mask, value_mask)
+        for name, got, want in zip(("output", "scores", "indices"), actual, expected):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+    # A learned selector with other settings starts from its own initial weights.
+    other = sdattn.with_selector(layer, {"name": "learned", "seed": 5, "rank": 2})
+    assert [w.shape for w in other.get_weights()[8:]] == [(DQ, 2), (DV, 2)]
+
+
+def test_with_selector_puts_trained_weights_under_another_strategy():
+    """`dot` with k >= N on the trained attention weights is Keras MHA with those weights."""
+    dense, value, _, _ = _inputs()
+    layer = _trained_layer("learned")
+    exact = sdattn.with_selector(layer, "dot", top_k=N)
+    assert exact.selector.selector_name == "dot" and exact.top_k == N
+    assert layer.selector.selector_name == "learned" and layer.top_k == 4
+    mha = keras.layers.MultiHeadAttention(2, 4)
+    mha(tf.constant(dense), tf.constant(value))
+    mha.set_weights(layer.get_weights()[:8])
+    np.testing.assert_allclose(exact(tf.sparse.from_dense(dense), tf.constant(value)).numpy(),
+                               mha(tf.constant(dense), tf.constant(value)).numpy(), atol=1e-5)
+
+
+def test_with_selector_keeps_output_shape_and_refuses_bad_arguments():
+    dense, value, _, _ = _inputs()
+    layer = SparseDenseMultiHeadAttention(2, 4, 3, output_shape=5, use_bias=False)
+    layer(dense, value)
+    random_keys = sdattn.with_selector(layer, {"name": "random", "seed": 1}, top_k=2)
+    output, _, indices = random_keys(dense, value, return_attention_scores=True)
+    assert output.shape == (B, M, 5) and indices.shape == (B, 2, M, 2)
+    for got, want in zip(random_keys.get_weights(), layer.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="selector"):
+        sdattn.with_selector(layer, "no_such_selector")
+    with pytest.raises(ValueError, match="top_k"):
+        sdattn.with_selector(layer, top_k=0)
+    with pytest.raises(ValueError, match="built"):
+        sdattn.with_selector(SparseDenseMultiHeadAttention(2, 4, 3))
+    with pytest.raises(TypeError, match="layer"):
+        sdattn.with_selector(keras.layers.Dense(3))

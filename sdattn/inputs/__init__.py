@@ -9,7 +9,7 @@ from sdattn.inputs.generators import (
     generator_descriptions,
 )
 from sdattn.inputs.loaders import load_inputs, save_inputs
-from sdattn.inputs.sessions import is_session_file, load_session, save_session
+from sdattn.inputs.sessions import is_session_file, load_session, save_session, with_selector
 
 __all__ = [
     "Budget",
@@ -26,4 +26,5 @@ __all__ = [
     "save_inputs",
     "save_session",
     "validate_example",
+    "with_selector",
 ]

@@ -245,6 +245,77 @@ def _check_input_dims(layer, query_dim, value_array, key_array):
 
 
 # ----------------------------------------------------------------------------------------------
+# Another selector on the same weights
+# ----------------------------------------------------------------------------------------------
+
+
+def with_selector(layer, selector=None, *, top_k=None):
+    """The same trained layer with another selector and/or k: same config, same attention weights.
+
+    Use it to see how every strategy would select **on a trained layer's weights**. The eight
+    attention weights (six without biases) are copied; so are the selector's own weights when the
+    new selector is the same kind with the same config (e.g. a trained `learned` selector kept as
+    is). A different selector with weights of its own (e.g. switching to `learned`) starts from
+    its initial weights.
+
+    Args:
+        layer: a built `SparseDenseMultiHeadAttention` (e.g. from `load_session`).
+        selector: a registered name, a config dict or a `Selector`; None keeps the layer's.
+        top_k: keys per query; None keeps the layer's.
+
+    Returns:
+        A new built `SparseDenseMultiHeadAttention`; `layer` is not changed.
+
+    Raises:
+        TypeError: `layer` is not a `SparseDenseMultiHeadAttention`.
+        ValueError: the layer is not built, or `selector` / `top_k` is invalid.
+    """
+    from sdattn.layer import SparseDenseMultiHeadAttention
+    from sdattn import selectors as selectors_lib
+
+    if not isinstance(layer, SparseDenseMultiHeadAttention):
+        raise TypeError(
+            f"Argument `layer` must be a SparseDenseMultiHeadAttention. Received: "
+            f"layer={type(layer).__name__}")
+    if not layer.built:
+        raise ValueError("Argument `layer` must be built (called once) to copy its weights.")
+    config = layer.get_config()
+    old_selector = layer.selector
+    if selector is None:
+        new_selector = type(old_selector).from_config(old_selector.get_config())
+    else:
+        new_selector = selectors_lib.get(selector)
+        if new_selector is old_selector:  # the same instance would be shared by two layers
+            new_selector = type(old_selector).from_config(old_selector.get_config())
+    config["selector"] = new_selector
+    if top_k is not None:
+        config["top_k"] = top_k
+    rebuilt = SparseDenseMultiHeadAttention.from_config(config)
+    rebuilt.build(*_kernel_shapes(layer))
+    attention_count = len(layer.weights) - len(old_selector.weights)
+    weights = layer.get_weights()
+    same_selector = (type(new_selector) is type(old_selector)
+                     and _selector_settings(new_selector) == _selector_settings(old_selector))
+    selector_weights = weights[attention_count:] if same_selector else rebuilt.get_weights()[attention_count:]
+    rebuilt.set_weights(weights[:attention_count] + selector_weights)
+    return rebuilt
+
+
+def _kernel_shapes(layer):
+    """(query, value, key) shapes `[None, None, features]` from the projection kernels."""
+    def shape(projection):
+        return (None, None, int(projection.kernel.shape[0]))
+
+    return shape(layer._query_dense), shape(layer._value_dense), shape(layer._key_dense)
+
+
+def _selector_settings(selector) -> dict:
+    config = dict(selector.get_config())
+    config.pop("name", None)  # Keras numbers the names of fresh instances
+    return config
+
+
+# ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
 
@@ -766,4 +837,5 @@ def _rebuild_layer(config, query_shape, value_shape, key_shape, name: str, budge
     return layer
 
 
-__all__ = ["SESSION_FORMAT", "SESSION_VERSION", "is_session_file", "load_session", "save_session"]
+__all__ = ["SESSION_FORMAT", "SESSION_VERSION", "is_session_file", "load_session", "save_session",
+           "with_selector"]
