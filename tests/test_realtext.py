@@ -145,6 +145,7 @@ def demo():
 
 
 def test_demo_session_holds_the_held_out_paragraphs(demo, committed):
+    assert sdattn.inputs.sessions.DEMO_SESSION == DEMO_SESSION and DEMO_SESSION.is_file()
     example, layer = demo
     report = example.metadata["demo"]
     split = _script("make_demo_session").split(np.asarray(committed.metadata["paragraph_classes"]))

@@ -34,6 +34,8 @@ from sdattn.inputs.loaders import (
 
 SESSION_FORMAT = "sdattn.session"
 SESSION_VERSION = 1
+# The trained demo layer with its held-out paragraphs; assets/realtext/make_demo_session.py makes it.
+DEMO_SESSION = pathlib.Path(__file__).resolve().parents[2] / "assets" / "realtext" / "demo_session.npz"
 
 # JSON members (info, config, labels) are small; 8 MB of UTF-8 holds 100,000 long labels.
 _MAX_JSON_BYTES = 8_000_000
@@ -837,5 +839,5 @@ def _rebuild_layer(config, query_shape, value_shape, key_shape, name: str, budge
     return layer
 
 
-__all__ = ["SESSION_FORMAT", "SESSION_VERSION", "is_session_file", "load_session", "save_session",
+__all__ = ["DEMO_SESSION", "SESSION_FORMAT", "SESSION_VERSION", "is_session_file", "load_session", "save_session",
            "with_selector"]
