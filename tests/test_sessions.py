@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import sdattn
 from sdattn import InputError, SparseDenseMultiHeadAttention, load_session, save_session
@@ -397,3 +399,38 @@ def test_with_selector_keeps_output_shape_and_refuses_bad_arguments():
         sdattn.with_selector(SparseDenseMultiHeadAttention(2, 4, 3))
     with pytest.raises(TypeError, match="layer"):
         sdattn.with_selector(keras.layers.Dense(3))
+
+
+# ---- fuzzing: any damage ends in InputError -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def session_bytes(tmp_path_factory):
+    dense, value, query_mask, _ = _inputs()
+    layer = SparseDenseMultiHeadAttention(2, 4, 3, selector="window")
+    layer(dense, value)
+    path = tmp_path_factory.mktemp("fuzz") / "fuzz.npz"
+    save_session(path, layer, tf.sparse.from_dense(dense), value, query_mask=query_mask,
+                 query_names=[f"q{i}" for i in range(M)])
+    return path.read_bytes()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_bytes_raise_input_error_only(session_bytes, data, tmp_path):
+    damaged = bytearray(session_bytes)
+    if data.draw(st.booleans(), label="truncate"):
+        damaged = damaged[: data.draw(st.integers(0, len(damaged) - 1), label="length")]
+    else:
+        for _ in range(data.draw(st.integers(1, 8), label="flips")):
+            position = data.draw(st.integers(0, len(damaged) - 1), label="position")
+            damaged[position] = data.draw(st.integers(0, 255), label="byte")
+    path = tmp_path / "damaged.npz"
+    path.write_bytes(bytes(damaged))
+    try:
+        example, layer = load_session(path)
+    except InputError as error:
+        assert len(str(error)) < 300 and "damaged.npz" in str(error)
+    else:  # a flip in a place nothing reads (zip comments, padding) may leave a valid session
+        sdattn.validate_example(example)
+        assert len(layer.get_weights()) == 8
