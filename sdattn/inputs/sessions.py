@@ -255,7 +255,7 @@ def with_selector(layer, selector=None, *, top_k=None):
     """The same trained layer with another selector and/or k: same config, same attention weights.
 
     Use it to see how every strategy would select **on a trained layer's weights**. The eight
-    attention weights (six without biases) are copied; so are the selector's own weights when the
+    attention weights (four without biases) are copied; so are the selector's own weights when the
     new selector is the same kind with the same config (e.g. a trained `learned` selector kept as
     is). A different selector with weights of its own (e.g. switching to `learned`) starts from
     its initial weights.
