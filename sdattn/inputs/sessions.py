@@ -10,6 +10,7 @@ import numbers
 import os
 import pathlib
 import re
+import zipfile
 import numpy as np
 
 from sdattn.inputs.example import (
@@ -333,8 +334,6 @@ def is_session_file(path_or_file) -> bool:
     Returns:
         True for a session file; False for anything else (bundles, other files, unreadable ones).
     """
-    import zipfile
-
     try:
         if isinstance(path_or_file, (str, os.PathLike)):
             with zipfile.ZipFile(path_or_file) as archive:
@@ -409,11 +408,18 @@ def _short(message: str) -> str:
 
 def _load(source, budget: Budget, max_bytes: int, return_key: bool):
     name = source.name
-    archive, members = _load_npz(source, budget)
-    if "session_info" not in members:
+    try:
+        with zipfile.ZipFile(source.stream) as probe:  # a passed-in stream stays open
+            names = probe.namelist()
+    except Exception as error:  # BadZipFile, OSError, ValueError, ... for damaged archives
+        raise InputError(f"{name}: not a readable .npz ({error}); expected a session file "
+                         "written by sdattn.save_session") from error
+    if "session_info.npy" not in names:
         raise InputError(
             f"{name}: not an sdattn session (no 'session_info' array); input bundles load with "
             "load_inputs")
+    source.stream.seek(0)
+    archive, members = _load_npz(source, budget)
     infos = archive.infolist()
     if sum(info.file_size for info in infos) > max_bytes:
         raise InputError(
