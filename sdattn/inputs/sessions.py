@@ -10,7 +10,6 @@ import numbers
 import os
 import pathlib
 import re
-import zipfile
 import numpy as np
 
 from sdattn.inputs.example import (
@@ -326,7 +325,8 @@ def _selector_settings(selector) -> dict:
 def is_session_file(path_or_file) -> bool:
     """Whether a file is an sdattn session (a `.npz` with a `session_info` member).
 
-    Reads only the zip directory; the stream of a file object is rewound afterwards.
+    Reads only the zip directory, through the same bounded reader as `load_session`; a file
+    object's position is restored afterwards (it must be seekable, as Streamlit's uploads are).
 
     Args:
         path_or_file: a path or a binary file object with a `.name`.
@@ -334,18 +334,24 @@ def is_session_file(path_or_file) -> bool:
     Returns:
         True for a session file; False for anything else (bundles, other files, unreadable ones).
     """
+    position = None
+    source = None
     try:
-        if isinstance(path_or_file, (str, os.PathLike)):
-            with zipfile.ZipFile(path_or_file) as archive:
-                return "session_info.npy" in archive.namelist()
-        position = path_or_file.tell()
-        try:
-            with zipfile.ZipFile(path_or_file) as archive:
-                return "session_info.npy" in archive.namelist()
-        finally:
-            path_or_file.seek(position)
-    except Exception:  # not a zip, not seekable, not readable: not a session either way
+        if not isinstance(path_or_file, (str, os.PathLike)):
+            position = path_or_file.tell()
+        source = _Source(path_or_file, 16 * DEFAULT_BUDGET.max_dense_floats)
+        _, members = _load_npz(source, DEFAULT_BUDGET)
+        return "session_info" in members
+    except Exception:  # not a zip, not readable, not seekable: not a session either way
         return False
+    finally:
+        if source is not None:
+            source.close()
+        if position is not None:
+            try:
+                path_or_file.seek(position)
+            except Exception:  # an unseekable stream cannot be rewound; it was read as far as needed
+                pass
 
 
 def load_session(path_or_file, *, budget: Budget | None = None, return_key: bool = False):
@@ -408,18 +414,12 @@ def _short(message: str) -> str:
 
 def _load(source, budget: Budget, max_bytes: int, return_key: bool):
     name = source.name
-    try:
-        with zipfile.ZipFile(source.stream) as probe:  # a passed-in stream stays open
-            names = probe.namelist()
-    except Exception as error:  # BadZipFile, OSError, ValueError, ... for damaged archives
-        raise InputError(f"{name}: not a readable .npz ({error}); expected a session file "
-                         "written by sdattn.save_session") from error
-    if "session_info.npy" not in names:
+    # The loaders' .npz reader checks the zip directory (member count, sizes) before any member.
+    archive, members = _load_npz(source, budget)
+    if "session_info" not in members:
         raise InputError(
             f"{name}: not an sdattn session (no 'session_info' array); input bundles load with "
             "load_inputs")
-    source.stream.seek(0)
-    archive, members = _load_npz(source, budget)
     infos = archive.infolist()
     if sum(info.file_size for info in infos) > max_bytes:
         raise InputError(
