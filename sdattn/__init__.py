@@ -14,9 +14,13 @@ from sdattn.inputs import (
     generate_inputs,
     generator_defaults,
     generator_descriptions,
+    is_session_file,
     load_inputs,
+    load_session,
     save_inputs,
+    save_session,
     validate_example,
+    with_selector,
 )
 from sdattn.layer import SparseDenseMultiHeadAttention
 from sdattn.selectors import (
@@ -65,10 +69,14 @@ __all__ = [
     "run_selector",
     "run_selectors",
     "summary_table",
+    "is_session_file",
     "load_inputs",
+    "load_session",
     "register_selector",
     "save_inputs",
+    "save_session",
     "selector_descriptions",
     "validate_example",
+    "with_selector",
     "__version__",
 ]

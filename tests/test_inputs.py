@@ -30,7 +30,7 @@ from sdattn.inputs import (
 )
 
 SAMPLES = pathlib.Path(__file__).resolve().parent.parent / "assets" / "samples"
-KINDS = ["random", "bag_of_words", "planted", "needle", "ties", "variable_length", "config_p"]
+KINDS = ["random", "bag_of_words", "real_text", "planted", "needle", "ties", "variable_length", "config_p"]
 ARRAY_FIELDS = ["query_indices", "query_values", "value", "query_mask", "value_mask"]
 
 # Sizes each kind is asked for, and the (B, M, N, Dq, D) that must come back.
@@ -39,6 +39,7 @@ SIZED_PARAMS = {
                (3, 5, 7, 11, 6)),
     "bag_of_words": ({"batch_size": 2, "num_queries": 6, "vocab_size": 40, "embedding_dim": 12},
                      (2, 6, 40, 40, 12)),
+    "real_text": ({"batch_size": 2, "num_queries": 6}, (2, 6, 400, 400, 32)),
     "planted": ({"batch_size": 2, "num_queries": 5, "num_keys": 30, "dim": 12, "relevant_per_query": 3},
                 (2, 5, 30, 12, 12)),
     "needle": ({"batch_size": 2, "num_queries": 4, "num_keys": 20, "dim": 10}, (2, 4, 20, 10, 10)),

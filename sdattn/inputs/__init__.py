@@ -9,6 +9,7 @@ from sdattn.inputs.generators import (
     generator_descriptions,
 )
 from sdattn.inputs.loaders import load_inputs, save_inputs
+from sdattn.inputs.sessions import is_session_file, load_session, save_session, with_selector
 
 __all__ = [
     "Budget",
@@ -19,7 +20,11 @@ __all__ = [
     "generate_inputs",
     "generator_defaults",
     "generator_descriptions",
+    "is_session_file",
     "load_inputs",
+    "load_session",
     "save_inputs",
+    "save_session",
     "validate_example",
+    "with_selector",
 ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import math
+import pathlib
 from typing import Any, Callable
 
 import numpy as np
@@ -340,6 +342,90 @@ def _generate_bag_of_words(
         query_labels=[f"doc {doc} ({topic_names[doc_topics[0, doc]]})" for doc in range(num_queries)],
         key_labels=words,
         metadata={"topics": topic_names},
+    )
+
+
+# Built by assets/realtext/make_realtext.py from the licence texts beside it (see texts/SOURCE.md).
+REAL_TEXT_BUNDLE = pathlib.Path(__file__).resolve().parents[2] / "assets" / "realtext" / "realtext.npz"
+
+
+@functools.lru_cache(maxsize=1)
+def _real_text_corpus() -> Example:
+    from sdattn.inputs.loaders import load_inputs  # loaders import this module
+
+    if not REAL_TEXT_BUNDLE.is_file():
+        raise InputError(
+            f"the real-text corpus {REAL_TEXT_BUNDLE} is missing; expected the repository's "
+            "assets/realtext/realtext.npz (rebuild it with assets/realtext/make_realtext.py)"
+        )
+    return load_inputs(REAL_TEXT_BUNDLE)
+
+
+@_generator("real_text")
+def _generate_real_text(rng, batch_size=1, num_queries=40, licenses="all") -> Example:
+    """Real text: licence paragraphs as TF-IDF rows over 400 real words; the keys are those words' vectors.
+
+    The corpus is seven licence texts from Debian's /usr/share/common-licenses (Apache-2.0,
+    Artistic, CC0-1.0, GFDL-1.3, GPL-3, LGPL-2.1, MPL-2.0), 340 paragraphs. The vocabulary is its
+    400 most frequent non-stopwords; each key is a word, its vector (D=32) trained on the same
+    text by PPMI + truncated SVD (assets/realtext/make_realtext.py). Queries, features and keys
+    are all labelled with words or paragraph names ("GPL-3 ¶12: Conveying Verbatim Copies").
+
+    Args:
+        rng: numpy Generator (from the seed): which paragraphs are drawn.
+        batch_size: B; every batch item draws its own paragraphs.
+        num_queries: M, paragraphs per batch item (drawn without replacement, kept in corpus
+            order).
+        licenses: comma-separated licence names to draw from (e.g. "GPL-3, MPL-2.0"), or "all"
+            (or empty) for all seven.
+
+    Returns:
+        The example (N = Dq = 400 words); metadata["feature_labels"] holds the words,
+        metadata["classes"] the licence names and metadata["query_classes"] each drawn
+        paragraph's licence index per batch item; no ground truth. Query labels name batch item
+        0's paragraphs.
+    """
+    batch_size = _int_param("batch_size", batch_size)
+    num_queries = _int_param("num_queries", num_queries)
+    if not isinstance(licenses, str):
+        raise InputError(
+            "Received an invalid value for argument `licenses`, expected a comma-separated "
+            f"string of licence names. Received: licenses={licenses!r}"
+        )
+    corpus = _real_text_corpus()
+    classes = list(corpus.metadata["classes"])
+    paragraph_classes = np.asarray(corpus.metadata["paragraph_classes"])
+    wanted = [name.strip() for name in licenses.split(",")
+              if name.strip() and name.strip().lower() != "all"]
+    unknown = [name for name in wanted if name not in classes]
+    if unknown:
+        raise InputError(
+            f"Received an invalid value for argument `licenses`: {unknown[0]!r} is not one of "
+            f"{', '.join(classes)}. Received: licenses={licenses!r}"
+        )
+    candidates = np.flatnonzero(np.isin(paragraph_classes, [classes.index(name) for name in wanted])
+                                if wanted else np.ones(paragraph_classes.shape, dtype=bool))
+    if num_queries > candidates.size:
+        raise InputError(
+            f"Received an invalid value for argument `num_queries`, expected at most "
+            f"{candidates.size} (the paragraphs available). Received: num_queries={num_queries}"
+        )
+    chosen = np.stack([np.sort(rng.choice(candidates, size=num_queries, replace=False))
+                       for _ in range(batch_size)])  # [B, M] paragraph positions
+    rows = corpus.to_scipy(0).toarray()[chosen]  # [B, M, V]
+    indices, values = _sparse_rows_from_dense(rows)
+    value = np.broadcast_to(corpus.value, (batch_size,) + corpus.value.shape[1:]).copy()
+    return _make_example(
+        indices, values, rows.shape, value,
+        query_labels=[corpus.query_labels[position] for position in chosen[0]],
+        key_labels=list(corpus.key_labels),
+        metadata={
+            "feature_labels": list(corpus.metadata["feature_labels"]),
+            "classes": classes,
+            "query_classes": paragraph_classes[chosen].tolist(),
+            "paragraphs": chosen.tolist(),
+            "corpus": corpus.metadata["corpus"],
+        },
     )
 
 
