@@ -12,15 +12,14 @@ from keras.src.backend.common.masking import set_keras_mask
 
 from sdattn.arguments import positive_int
 from sdattn import selectors as selectors_lib
-from sdattn.distinct import can_share_rows, distinct_rows
 from sdattn.masking import AttentionMask
 
 
 # Gathered raw rows [B, M, k, D] above this many elements per batch item (128 MB of float32)
 # take the projecting path instead of the folded one.
 _FOLD_GATHER_ELEMENTS = 2**25
-# A sparse query of at most this many elements is also densified (64 MB of float32): for the
-# projection when dense is faster, and to find equal rows.
+# A sparse query of at most this many elements is also densified (64 MB of float32), for the
+# projection when dense is faster.
 _DENSIFY_ELEMENTS = 2**24
 # Below this density `sparse_dense_matmul` projects the query faster than a dense matmul. On
 # the 2-core CPU, at B·M = 1,024 rows, Dq = 256, H·kd = 256 (sparse vs scatter + dense matmul):
@@ -228,26 +227,15 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                                     attention_mask, use_causal_mask)
 
         dense_query = self._densified(query)  # [B, M, Dq], or None when too large
-        rows, selection_query, selection_mask = None, query, mask
-        if self._shares_rows(mask, dense_query, training):
-            # Equal rows get the same keys and the same weights: attend once per distinct row,
-            # without the query mask (applied to the copies when they are made).
-            rows = distinct_rows(dense_query)
-            dense_query = tf.gather(dense_query, rows.representatives, batch_dims=1)  # [B, U, Dq]
-            selection_query = dense_query
-            selection_mask = mask.for_distinct_rows(tf.shape(dense_query)[1])
-        projected_query = self._project_query(selection_query, dense_query)  # [B, M|U, H, kd]
+        projected_query = self._project_query(query, dense_query)  # [B, M, H, kd]
         projected_query = projected_query * tf.cast(self._key_dim ** -0.5, projected_query.dtype)
         context = selectors_lib.SelectionContext(
-            query=selection_query, key=key, projected_query=projected_query,
-            project_key=lambda: self._key_dense(key), mask=selection_mask, num_heads=self._num_heads,
+            query=query, key=key, projected_query=projected_query,
+            project_key=lambda: self._key_dense(key), mask=mask, num_heads=self._num_heads,
             training=training)
-        if rows is not None:
-            context.max_queries = query.shape[1]
-            dense_query = None  # one row per distinct value already
         num_keys = key.shape[1]
         slots = self._top_k if num_keys is None else min(self._top_k, num_keys)
-        indices, slot_valid, slot_logits = self._select(context, slots, dense_query)  # [B, H|1, M, k] each
+        indices, slot_valid, slot_logits = self._select(context, slots)  # [B, H|1, M, k] each
         if getattr(self.selector, "selects_outside_tf", False) and not tf.executing_eagerly():
             # Attention waits for the selection rather than competing with it for cores.
             with tf.control_dependencies([indices]):
@@ -267,15 +255,10 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             selected_key, selected_value = self._selected_projections(context, key, value, indices, slots)
             attention_output, scores = self._compute_attention(
                 projected_query, selected_key, selected_value, slot_valid, bias, training)
-        output = self._output_dense(attention_output)  # [B, M, *out] ([B, U, *out] when shared)
-        if rows is not None:
-            output = self._output_copied_to_rows(rows, mask.query_mask, attention_output, output)
+        output = self._output_dense(attention_output)  # [B, M, *out]
         if query_mask is not None:
             set_keras_mask(output, tf.cast(query_mask, tf.bool))
         if return_attention_scores:
-            if rows is not None:
-                scores, indices, slot_valid = self._slots_copied_to_rows(
-                    rows, mask.query_mask, scores, indices, slot_valid)
             full_shape = tf.shape(scores)
             indices = tf.broadcast_to(tf.where(slot_valid, indices, -1), full_shape)  # [B, H, M, k]
             return output, scores, indices
@@ -402,61 +385,11 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         product = tf.sparse.sparse_dense_matmul(as_float32, tf.cast(dense, tf.float32))
         return tf.cast(product, dense.dtype)
 
-    def _shares_rows(self, mask, dense_query, training):
-        """Whether to select and attend once per distinct query row (see `_output_copied_to_rows`).
-
-        Equal rows of a batch item then have equal outputs exactly: the selector is `row_wise`
-        (its keys and `attention_bias` depend only on the row's content), no causal or explicit
-        mask tells the rows apart, no dropout draws a different mask per row, and
-        `_compute_attention` is not overridden (an override may look at row positions).
-        """
-        if dense_query is None or not getattr(self.selector, "row_wise", False):
-            return False
-        if self._overrides_attention() or (self._dropout > 0 and training not in (None, False)):
-            return False
-        return can_share_rows(dense_query, mask.attention_mask, mask.causal)
-
-    def _output_copied_to_rows(self, rows, query_mask, attention_output, output):
-        """Copies the output computed per distinct row back to every row: `[B, U, *out]` →
-        `[B, M, *out]`.
-
-        A masked query row gets what the unshared path gives it, no allowed slot: a zero context,
-        so the output bias alone. Its equal unmasked rows keep their own result, because the
-        distinct rows were attended without the query mask.
-
-        Args:
-            rows: the `DistinctRows` of this call.
-            query_mask: bool `[B, M]` or None.
-            attention_output: `[B, U, H, vd]`, the context of each distinct row.
-            output: `[B, U, *out]`.
-        """
-        output = rows.expand(output, axis=1)  # [B, M, *out]
-        if query_mask is None:
-            return output
-        query_mask = tf.cast(query_mask, tf.bool)
-        empty_row = self._output_dense(tf.zeros_like(attention_output[:, :1]))  # [B, 1, *out]
-        keep = tf.reshape(query_mask, tf.concat([tf.shape(query_mask), tf.ones([output.shape.rank - 2], tf.int32)], 0))  # [B, M, 1, ...]
-        return tf.where(keep, output, empty_row)
-
-    @staticmethod
-    def _slots_copied_to_rows(rows, query_mask, scores, indices, slot_valid):
-        """Copies the slots of each distinct row back to every row (only when they are returned):
-        `[B, ·, U, k]` → `[B, ·, M, k]`; a masked query row's slots are invalid, with zero scores.
-
-        Returns:
-            `(scores [B, H, M, k], indices [B, S, M, k], slot_valid [B, S', M, k])`.
-        """
-        scores, indices, slot_valid = (rows.expand(part) for part in (scores, indices, slot_valid))  # [B, ·, M, k]
-        if query_mask is not None:
-            slot_valid = tf.logical_and(slot_valid, tf.cast(query_mask, tf.bool)[:, None, :, None])  # [B, S', M, k]
-            scores = tf.where(slot_valid, scores, tf.zeros_like(scores))
-        return scores, indices, slot_valid
-
     def _overrides_attention(self):
         """Whether a subclass overrides `_compute_attention` (the fast paths then stay off)."""
         return type(self)._compute_attention is not SparseDenseMultiHeadAttention._compute_attention
 
-    def _select(self, context, slots, dense_query=None):
+    def _select(self, context, slots):
         """Runs the selector, then marks slots the mask forbids.
 
         Returns:
@@ -464,7 +397,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             and whether each slot may be attended); logits `[B, S, M, k]` when the selector's
             scores are the attention logits (see `Selector.select_scored`), else None.
         """
-        indices, logits = self._selector_indices(context, slots, dense_query)
+        indices, logits = self.selector.select_scored(context, slots)
         indices = tf.cast(indices, tf.int32)  # [B, S, M, k]
         if indices.shape.rank != 4 or indices.shape[-1] not in (None, slots):
             received = "unknown" if indices.shape.rank is None else tuple(indices.shape)
@@ -492,26 +425,6 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                 logits = tf.ensure_shape(tf.broadcast_to(tf.cast(logits, self.compute_dtype), target), static_shape)
         return (tf.ensure_shape(tf.broadcast_to(safe_indices, target), static_shape),
                 tf.ensure_shape(tf.broadcast_to(valid, target), static_shape), logits)
-
-    def _selector_indices(self, context, slots, dense_query):
-        """The selector's `(indices, logits or None)`, `[B, S, M, k]`, computed once per distinct
-        query row when it may be.
-
-        A `row_wise` selector's choice for a row depends only on that row's content, so equal
-        rows of a batch item (no causal or explicit attention mask to tell them apart) get the
-        same keys: the selector then runs on the distinct rows only, and the result is copied
-        back. Queries drawn from a few hundred topics, or repeated prompts, repeat rows often.
-        """
-        mask = context.mask
-        if dense_query is None or not can_share_rows(dense_query, mask.attention_mask, mask.causal):
-            return self.selector.select_scored(context, slots)
-        # Other selectors may still share a row-wise part of their work (see `context.distinct`).
-        context.allow_distinct(dense_query)
-        if not getattr(self.selector, "row_wise", False):
-            return self.selector.select_scored(context, slots)
-        rows, distinct = context.distinct()
-        indices, logits = self.selector.select_scored(distinct, slots)  # [B, S, U, k] each
-        return rows.expand(indices), (None if logits is None else rows.expand(logits))  # [B, S, M, k]
 
     def _gather_heads(self, projected, indices):
         """Gathers each head's selected rows: `[B, N, H, d]` at `[B, S, M, k]` → `[B, H, M, k, d]`."""

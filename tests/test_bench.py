@@ -80,19 +80,3 @@ def test_cli_errors_name_the_argument(argv, pattern, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
     assert re.search(pattern, capsys.readouterr().err)
-
-
-def test_per_row_selection_turns_row_sharing_off_and_says_so(tmp_path):
-    markdown_path = tmp_path / "results.md"
-    records = bench.main(["--sizes", "64", "--selectors", "cosine", *TOY, "--per-row-selection",
-                          "--markdown", str(markdown_path)])
-    assert all(r["share_rows"] is False for r in records)
-    assert "Every query row computed for itself" in markdown_path.read_text()
-    for share_rows in (True, False):
-        cfg = bench.config(64, 8, dim=16, heads=2, key_dim=4, top_k=4, share_rows=share_rows)
-        inputs = bench.make_inputs(cfg, seed=0)
-        _, weights = bench._reference_weights(cfg, seed=0)
-        _, layer, _ = bench._build_method("cosine", cfg, weights, inputs, seed=0)
-        assert layer.selector.row_wise is share_rows
-        worker = bench._worker_command(cfg, ["cosine"], bench.parse_args([]), "out.json", "ref")
-        assert ("--per-row-selection" in worker) is not share_rows

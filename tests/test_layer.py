@@ -492,3 +492,53 @@ def test_folded_path_is_chosen_for_sparse_selections_and_trains():
     assert calls, "a shared selection of 3 of 64 keys should fold the kernels"
     assert all(g is not None and np.isfinite(g.numpy()).all() for g in gradients)
     assert all(np.abs(g.numpy()).sum() > 0 for g in gradients)
+
+
+def test_dot_logits_from_selection_equal_recomputed_logits_and_the_reference():
+    """Inference reuses `dot`'s top-k scores as logits; training recomputes q·k. Both must give
+    the reference's attention over the same indices."""
+    rng = np.random.default_rng(21)
+    query, value = random_case(rng, 2, 12, 30, 6, 6)
+    value_mask = rng.random(value.shape[:2]) > 0.2
+    layer, mha = paired_layers(2, 4, 6, "dot", query, value)
+    sparse = tf.sparse.from_dense(query)
+    mask = reference.combined_mask(2, 12, 30, key_mask=value_mask)
+    for training in (None, True):
+        out, scores, indices = layer(sparse, value, value_mask=value_mask, return_attention_scores=True,
+                                     training=training)
+        ref_out, ref_scores = reference.selected_attention(query, value, mha.get_weights(), indices.numpy(),
+                                                           attention_mask=mask)
+        np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-5)
+        np.testing.assert_allclose(scores.numpy(), ref_scores, atol=1e-5)
+
+
+def test_dot_gradients_are_the_same_with_and_without_reused_logits():
+    rng = np.random.default_rng(22)
+    query, value = random_case(rng, 2, 12, 30, 6, 6)
+    layer = SparseDenseMultiHeadAttention(2, 4, 6, selector="dot")
+    sparse = tf.sparse.from_dense(query)
+    layer(sparse, value)
+    gradients = {}
+    for training in (None, True):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(sparse, value, training=training) ** 2)
+        gradients[training] = tape.gradient(loss, layer.trainable_weights)
+    for reused, recomputed in zip(gradients[None], gradients[True]):
+        assert reused is not None and recomputed is not None
+        np.testing.assert_allclose(reused.numpy(), recomputed.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("selector", ["dot", "cosine", "hybrid"])
+def test_xla_compiles_the_layer_and_matches_the_reference(selector):
+    """Under jit_compile no Python kernel may run (cpu_top_k steps aside); hybrid streams several
+    blocks (block_size=7) here."""
+    rng = np.random.default_rng(23)
+    query, value = random_case(rng, 2, 12, 40, 6, 6)
+    layer, mha = paired_layers(2, 4, 6, {"name": selector, "block_size": 7}, query, value)
+    compiled = tf.function(lambda q, v: layer(q, v, return_attention_scores=True), jit_compile=True)
+    output, scores, indices = compiled(tf.constant(query), tf.constant(value))
+    ref_out, ref_scores = reference.selected_attention(query, value, mha.get_weights(), indices.numpy())
+    np.testing.assert_allclose(output.numpy(), ref_out, atol=1e-5)
+    np.testing.assert_allclose(scores.numpy(), ref_scores, atol=1e-5)
+    _, _, eager_indices = layer(query, value, return_attention_scores=True)
+    np.testing.assert_array_equal(indices.numpy(), eager_indices.numpy())

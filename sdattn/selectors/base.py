@@ -6,7 +6,6 @@ import math
 import keras
 import tensorflow as tf
 
-from sdattn import distinct as distinct_lib
 from sdattn.selectors.top_k import masked_scores, streamed_top_k
 
 _REGISTRY = {}
@@ -105,8 +104,7 @@ class SelectionContext:
         mask: the `AttentionMask` of this call.
         num_heads: H.
         num_queries: M (Python int when static).
-        max_queries: a static upper bound of M (Python int), or None: for block sizes when M is
-            only known at run time (the distinct rows of a batch are at most its rows).
+        max_queries: M as a Python int when static, else None (block sizes need a number).
         num_keys: N (Python int when static).
         training: the Keras training flag.
     """
@@ -124,8 +122,6 @@ class SelectionContext:
         self.max_queries = query.shape[1]
         self.num_keys = key.shape[1] if key.shape[1] is not None else tf.shape(key)[1]
         self.cache = {}
-        self._dense_query = None  # set by `allow_distinct`
-        self._distinct = None
 
     @property
     def projected_key(self):
@@ -141,48 +137,6 @@ class SelectionContext:
     @property
     def is_sparse(self):
         return isinstance(self.query, tf.SparseTensor)
-
-    def allow_distinct(self, dense_query):
-        """Lets `distinct()` share work between equal rows of `dense_query` `[B, M, Dq]` (the
-        layer calls this when no mask tells equal rows apart)."""
-        self._dense_query = dense_query
-
-    def distinct(self):
-        """`(rows, context)` to compute a row-wise part of a selection once per distinct query
-        row (`rows.expand` copies results back), or None when rows may not be shared here.
-
-        The layer already does this for `row_wise` selectors; a selector that is row-wise only
-        in part (`hybrid`'s dot part) calls it itself. Computed once per call.
-        """
-        if self._dense_query is None:
-            return None
-        if self._distinct is None:
-            rows = distinct_lib.distinct_rows(self._dense_query)
-            self._distinct = (rows, self.restricted_to(rows.representatives, self._dense_query))
-        return self._distinct
-
-    def restricted_to(self, rows, dense_query):
-        """The context of some query rows only, for selecting once per distinct row.
-
-        The query becomes the dense rows `rows` of `dense_query`; the keys, their lazy
-        projection (shared, so it is still computed at most once) and the key mask stay
-        (`AttentionMask.for_distinct_rows`): a masked row's slots are marked invalid by the
-        layer anyway, and an equal unmasked row must still get its real selection.
-
-        Args:
-            rows: int32 `[B, U]` row positions in each batch item.
-            dense_query: float `[B, M, Dq]`, the query as a dense tensor.
-
-        Returns:
-            A `SelectionContext` with U query rows.
-        """
-        query = tf.gather(dense_query, rows, batch_dims=1)  # [B, U, Dq]
-        projected_query = tf.gather(self.projected_query, rows, batch_dims=1)  # [B, U, H, kd]
-        distinct = SelectionContext(query, self.key, projected_query, lambda: self.projected_key,
-                                    self.mask.for_distinct_rows(tf.shape(rows)[1]), self.num_heads,
-                                    training=self.training)
-        distinct.max_queries = self.max_queries
-        return distinct
 
 
 class Selector(keras.layers.Layer):
@@ -216,10 +170,6 @@ class Selector(keras.layers.Layer):
 
     #: Whether each head selects its own keys (True) or all heads share one selection.
     per_head = False
-    #: Whether a row's selection and `attention_bias` depend only on that row's content (and
-    #: the keys), not on its position or on other rows: the layer then selects and attends
-    #: once per distinct query row.
-    row_wise = False
     #: Whether the selection runs outside TF's thread pools (a `tf.numpy_function`, as `ann`'s
     #: Faiss search): the layer then starts attention after it, instead of letting TF's threads
     #: compete with it for the cores (measured 0.8 ms faster of 10 ms per call for `ann`).

@@ -42,8 +42,6 @@ class CosineSelector(Selector):
         sparse_density: query density below which the sparse matmul is used.
     """
 
-    row_wise = True
-
     def __init__(self, epsilon=1e-9, sparse_density=0.01, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon

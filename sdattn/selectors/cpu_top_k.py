@@ -24,7 +24,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from sdattn import distinct, workers
+from sdattn import workers
 
 # Below k·4 keys a row is short enough that TF's top_k costs little.
 _MIN_KEYS_PER_SLOT = 4
@@ -85,7 +85,19 @@ def applies(scores, k):
     num_keys = scores.shape[-1] if scores.shape.rank else None
     return (_enabled and num_keys is not None and num_keys >= _MIN_KEYS_PER_SLOT * k
             and scores.dtype in (tf.float32, tf.float64) and not _tf_sees_gpu()
-            and not distinct.in_xla_context() and _numba_installed())
+            and not in_xla_context() and _numba_installed())
+
+
+def in_xla_context():
+    """Whether the graph being built will be compiled by XLA (`jit_compile=True`), which
+    cannot call Python (`tf.numpy_function`)."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TF without the helper: assume no XLA
+        return False
+    if tf.executing_eagerly():
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
 def _num_groups(num_keys, k):

@@ -109,8 +109,7 @@ class HybridSelector(Selector):
         block_size = self._block_size(context, k)
         comparisons = (math.prod(d or 0 for d in taken.shape[:-1]) * taken.shape[-1] * min(block_size, num_keys)
                        if taken is not None else 0)
-        shared = context.distinct()  # equal rows: the same dot candidates (only `taken` differs)
-        if taken is None or (shared is None and block_size >= num_keys and comparisons <= _TAKEN_COMPARISONS):
+        if taken is None or (block_size >= num_keys and comparisons <= _TAKEN_COMPARISONS):
             # One block: rank the window's keys last while scoring (cheapest at small N).
             return streamed_top_k(lambda start, stop: self._ranked_block(context, start, stop, taken),
                                   num_keys, block_size, slots)
@@ -118,11 +117,8 @@ class HybridSelector(Selector):
         # ones: the first `slots` left are the best untaken keys, in the same order as ranking
         # taken keys last, without comparing every key of every block with the w taken ones.
         fetched = min(slots + taken.shape[-1], num_keys)
-        rows, scored = shared if shared is not None else (None, context)
-        candidates = streamed_top_k(lambda start, stop: self._ranked_block(scored, start, stop, None),
-                                    num_keys, block_size, fetched)  # [B, H, M|U, f]
-        if rows is not None:
-            candidates = rows.expand(candidates)  # [B, H, U, f] → [B, H, M, f]
+        candidates = streamed_top_k(lambda start, stop: self._ranked_block(context, start, stop, None),
+                                    num_keys, block_size, fetched)  # [B, H, M, f]
         taken = tf.cast(taken, candidates.dtype)  # [B, 1|H, M, w]
         is_taken = tf.reduce_any(tf.equal(candidates[..., :, None], taken[..., None, :]), axis=-1)  # [B, H, M, f]
         # The j-th untaken candidate goes to slot j (j < slots; there are at least `slots`):

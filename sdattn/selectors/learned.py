@@ -52,8 +52,6 @@ class LearnedSelector(Selector):
         block_size: keys scored per block (see `Selector`).
     """
 
-    row_wise = True
-
     def __init__(self, rank=8, seed=None, block_size=None, **kwargs):
         if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank <= 0:
             raise ValueError(

@@ -221,7 +221,6 @@ class AnnSelector(Selector):
         **kwargs: base `Selector` / `keras.layers.Layer` arguments.
     """
 
-    row_wise = True
     # Faiss searches in a numpy_function. (At most `exact_threshold` keys the search runs in TF;
     # attention waiting for it there measured no slower.)
     selects_outside_tf = True
@@ -318,7 +317,7 @@ class AnnSelector(Selector):
             selected = tf.constant(search(*[np.asarray(tensor) for tensor in inputs]))
         else:
             # The content hash needs the keys only: as an op of its own it runs while the query
-            # side (densifying, distinct rows, projection) is still being computed.
+            # side (densifying, projection) is still being computed.
             hash_inputs = [keys] + ([tf.cast(mask.key_mask, tf.bool)] if mask.key_mask is not None else [])
             fingerprints = tf.numpy_function(_fingerprint_rows, hash_inputs, tf.uint8, stateful=False)  # [B, 16]
             selected = tf.numpy_function(lambda *arrays: search(*arrays[:-1], fingerprints=arrays[-1]),
