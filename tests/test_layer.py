@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import sdattn
 from cases import (check_oracle, check_save_load_round_trip, check_unknown_lengths_match_eager,
                    paired_layers, random_case)
+from sdattn import plan as plan_lib
 from sdattn import reference
 from sdattn.layer import SparseDenseMultiHeadAttention
 
@@ -446,12 +447,12 @@ def test_projecting_only_selected_tokens_matches_reference(selector):
 
 
 @pytest.mark.parametrize("selector", ["cosine", "random", "window", "ann"])
-@pytest.mark.parametrize("fold", [True, False], ids=["folded-kernels", "projected-tokens"])
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["fast-paths", "standard-path"])
 @pytest.mark.parametrize("keys", [40, 6], ids=["k<N", "k>=N"])
-def test_shared_selection_paths_match_reference(selector, fold, keys, monkeypatch):
-    # A shared selection is attended either with the key/value kernels folded into the query
-    # side, or by projecting the selected tokens: both must give the reference's numbers.
-    monkeypatch.setattr(SparseDenseMultiHeadAttention, "_should_fold", lambda self, *a: fold)
+def test_shared_selection_paths_match_reference(selector, fast_paths, keys):
+    # A shared selection is attended with the key/value kernels folded into the query side
+    # when that is cheaper (3 of 40 keys), else by projecting the selected tokens; with
+    # fast_paths=False always the latter. Every path must give the reference's numbers.
     rng = np.random.default_rng(19)
     query, value = random_case(rng, 2, 3, keys, 6, 6)
     key = rng.normal(size=(2, keys, 6)).astype("float32")
@@ -459,12 +460,16 @@ def test_shared_selection_paths_match_reference(selector, fold, keys, monkeypatc
                                           bias_initializer=keras.initializers.RandomNormal(seed=3))
     mha(query, value, key=key)
     chosen = {"name": selector, "seed": 2} if selector == "random" else selector
-    layer = SparseDenseMultiHeadAttention(2, 4, 3 if keys > 6 else 8, selector=chosen, value_dim=3, output_shape=5)
-    layer(tf.sparse.from_dense(query), value, key=key)
+    layer = SparseDenseMultiHeadAttention(2, 4, 3 if keys > 6 else 8, selector=chosen, value_dim=3,
+                                          output_shape=5, fast_paths=fast_paths)
+    sparse_query = tf.sparse.from_dense(query)
+    layer(sparse_query, value, key=key)
     layer.set_weights(mha.get_weights())
+    expected_path = plan_lib.FOLDED if fast_paths and keys > 6 else plan_lib.STANDARD
+    assert layer.attention_plan(sparse_query, value, key).path == expected_path
     value_mask = rng.random((2, keys)) < 0.7
     value_mask[:, 0] = True
-    out, scores, indices = layer(tf.sparse.from_dense(query), value, key=key, value_mask=value_mask,
+    out, scores, indices = layer(sparse_query, value, key=key, value_mask=value_mask,
                                  use_causal_mask=keys == 6, return_attention_scores=True)
     mask = reference.combined_mask(2, 3, keys, key_mask=value_mask, use_causal_mask=keys == 6)
     ref_out, ref_scores = reference.selected_attention(query, value, mha.get_weights(), indices.numpy(),
@@ -476,22 +481,40 @@ def test_shared_selection_paths_match_reference(selector, fold, keys, monkeypatc
                                                     use_causal_mask=True).numpy(), atol=1e-5)
 
 
-def test_folded_path_is_chosen_for_sparse_selections_and_trains():
+def test_folded_path_is_chosen_for_sparse_selections_and_trains_like_the_standard_path():
     rng = np.random.default_rng(20)
+    query, value = random_case(rng, 2, 4, 64, 8, 8)
+    sparse_query = tf.sparse.from_dense(query)
+    gradients = {}
+    for fast_paths in (True, False):
+        layer = SparseDenseMultiHeadAttention(2, 4, 3, selector="cosine", fast_paths=fast_paths,
+                                              bias_initializer="random_normal")
+        layer(sparse_query, value)
+        weight_rng = np.random.default_rng(0)  # the same weights for both layers
+        layer.set_weights([weight_rng.normal(size=w.shape).astype(w.dtype) * 0.3 for w in layer.get_weights()])
+        plan = layer.attention_plan(sparse_query, value, training=True)
+        assert plan.path == (plan_lib.FOLDED if fast_paths else plan_lib.STANDARD)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(sparse_query, value, training=True) ** 2)
+        gradients[fast_paths] = tape.gradient(loss, layer.trainable_weights)
+    for folded, standard in zip(gradients[True], gradients[False]):
+        assert folded is not None and np.isfinite(folded.numpy()).all()
+        np.testing.assert_allclose(folded.numpy(), standard.numpy(), rtol=1e-4, atol=1e-5)
+    assert all(np.abs(g.numpy()).sum() > 0 for g in gradients[True])
+
+
+def test_folded_path_keeps_dropout_working():
+    rng = np.random.default_rng(24)
     query, value = random_case(rng, 2, 4, 64, 8, 8)
     layer = SparseDenseMultiHeadAttention(2, 4, 3, selector="cosine", dropout=0.3, seed=1)
     sparse_query = tf.sparse.from_dense(query)
-    layer(sparse_query, value)
-    calls = []
-    original = SparseDenseMultiHeadAttention._attend_folded
-    layer._attend_folded = lambda *a, **k: calls.append(1) or original(layer, *a, **k)
+    assert layer.attention_plan(sparse_query, value, training=True).path == plan_lib.FOLDED
     with tf.GradientTape() as tape:
         out = layer(sparse_query, value, training=True)
         loss = tf.reduce_sum(out ** 2)
     gradients = tape.gradient(loss, layer.trainable_weights)
-    assert calls, "a shared selection of 3 of 64 keys should fold the kernels"
     assert all(g is not None and np.isfinite(g.numpy()).all() for g in gradients)
-    assert all(np.abs(g.numpy()).sum() > 0 for g in gradients)
+    assert not np.allclose(out.numpy(), layer(sparse_query, value).numpy())  # dropout did act
 
 
 def test_dot_logits_from_selection_equal_recomputed_logits_and_the_reference():
@@ -542,3 +565,75 @@ def test_xla_compiles_the_layer_and_matches_the_reference(selector):
     np.testing.assert_allclose(scores.numpy(), ref_scores, atol=1e-5)
     _, _, eager_indices = layer(query, value, return_attention_scores=True)
     np.testing.assert_array_equal(indices.numpy(), eager_indices.numpy())
+
+
+def _plan(**overrides):
+    settings = dict(num_queries=512, num_keys=4096, key_features=256, value_features=256, num_heads=8,
+                    key_dim=32, value_dim=32, top_k=32, per_head=False, scores_are_logits=False,
+                    selects_outside_tf=False, cpu_top_k_available=True)
+    return plan_lib.plan_attention(**{**settings, **overrides})
+
+
+def test_attention_plan_choices():
+    # Shared selection of 32 of 4,096 keys: folding (H·D per slot) beats projecting 32 tokens per query.
+    assert _plan().path == plan_lib.FOLDED
+    assert _plan().cpu_top_k and not _plan().waits_for_selection
+    # Per-head dot at inference reuses its scores; training recomputes q·k (no gradient through top-k).
+    dot = dict(per_head=True, scores_are_logits=True)
+    assert _plan(**dot).path == plan_lib.REUSED_LOGITS and _plan(**dot).selection_heads == 8
+    assert _plan(**dot, training=True).path == plan_lib.STANDARD
+    # A per-head attention mask makes every selection per head: no folding.
+    assert _plan(mask_heads=8).selection_heads == 8 and _plan(mask_heads=8).path == plan_lib.STANDARD
+    # Unknown sizes: nothing to compare costs with.
+    assert _plan(num_keys=None).path == plan_lib.STANDARD and _plan(num_keys=None).slots == 32
+    # k >= N with few queries: projecting all N tokens once is cheaper than folding.
+    small = dict(num_queries=3, num_keys=6, top_k=8, key_dim=4, value_dim=3)
+    assert _plan(**small).path == plan_lib.STANDARD and _plan(**small).slots == 6
+    # The switch, and an overridden `_compute_attention`, give the standard path in TF ops.
+    assert _plan(fast_paths=False) == _plan(**dot, fast_paths=False).__class__(
+        path=plan_lib.STANDARD, slots=32, selection_heads=1, project_selected=False, cpu_top_k=False,
+        waits_for_selection=False)
+    assert _plan(**dot, custom_attention=True).path == plan_lib.STANDARD
+    assert _plan(selects_outside_tf=True).waits_for_selection
+    assert not _plan(selects_outside_tf=True, eager=True).waits_for_selection
+    assert _plan(num_queries=2, num_keys=4096).project_selected  # 2·32 slots < 4,096 tokens
+
+
+def test_overridden_compute_attention_sees_every_call_and_still_matches_keras():
+    calls = []
+
+    class Custom(SparseDenseMultiHeadAttention):
+        def _compute_attention(self, query, *args, **kwargs):
+            calls.append(query.shape)
+            return super()._compute_attention(query, *args, **kwargs)
+
+    rng = np.random.default_rng(25)
+    query, value = random_case(rng, 2, 4, 64, 8, 8)
+    mha = keras.layers.MultiHeadAttention(2, 4)
+    mha(query, value)
+    for selector in ("cosine", "dot"):  # would fold / reuse logits without the override
+        layer = Custom(2, 4, 64, selector=selector)
+        layer(tf.sparse.from_dense(query), value)
+        layer.set_weights(mha.get_weights())
+        calls.clear()
+        np.testing.assert_allclose(layer(tf.sparse.from_dense(query), value).numpy(),
+                                   mha(query, value).numpy(), atol=1e-5)
+        assert calls, selector
+
+
+def test_fast_paths_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"`fast_paths`.*Received: fast_paths='no'"):
+        SparseDenseMultiHeadAttention(2, 4, 3, fast_paths="no")
+
+
+def test_selector_returning_per_head_indices_without_per_head_is_an_error():
+    class Wrong(sdattn.Selector):
+        def select(self, context, k):
+            return tf.zeros(tf.stack([tf.shape(context.key)[0], context.num_heads, context.num_queries, k]),
+                            tf.int32)
+
+    rng = np.random.default_rng(26)
+    query, value = random_case(rng, 1, 3, 8, 4, 4)
+    layer = SparseDenseMultiHeadAttention(2, 4, 3, selector=Wrong())
+    with pytest.raises(ValueError, match=r"`per_head = False`.*Received: shape=\(1, 2, 3, 3\)"):
+        layer(query, value)

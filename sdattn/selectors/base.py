@@ -107,9 +107,12 @@ class SelectionContext:
         max_queries: M as a Python int when static, else None (block sizes need a number).
         num_keys: N (Python int when static).
         training: the Keras training flag.
+        cpu_top_k: whether exact top-k may use the compiled CPU kernel (the layer's plan
+            decides; pass it to `streamed_top_k` / `masked_top_k` as `cpu_kernel`).
     """
 
-    def __init__(self, query, key, projected_query, project_key, mask, num_heads, training=None):
+    def __init__(self, query, key, projected_query, project_key, mask, num_heads, training=None,
+                 cpu_top_k=False):
         self.query = query
         self.key = key
         self.projected_query = projected_query
@@ -118,6 +121,7 @@ class SelectionContext:
         self.mask = mask
         self.num_heads = num_heads
         self.training = training
+        self.cpu_top_k = cpu_top_k
         self.num_queries = query.shape[1] if query.shape[1] is not None else tf.shape(query)[1]
         self.max_queries = query.shape[1]
         self.num_keys = key.shape[1] if key.shape[1] is not None else tf.shape(key)[1]
@@ -225,7 +229,8 @@ class Selector(keras.layers.Layer):
             return tf.ensure_shape(indices, static_shape.concatenate([k]))  # [B, S, M, k]
         return streamed_top_k(
             lambda start, stop: masked_scores(self.scores(context, start, stop), context.mask.block(start, stop)),
-            num_keys, self._block_size(context, k), k, return_values=return_values)
+            num_keys, self._block_size(context, k), k, return_values=return_values,
+            cpu_kernel=context.cpu_top_k)
 
     def _block_size(self, context, k):
         """Keys per block: `block_size`, else a score budget per batch item over the rows."""

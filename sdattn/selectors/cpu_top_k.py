@@ -70,6 +70,13 @@ def _kernel():
     return top_k_kernel.top_k_rows
 
 
+def available():
+    """Whether the kernel may run in the graph being built (or eagerly): enabled, Numba
+    installed, TF sees no GPU (whose own top-k is fast), and no XLA compilation (which cannot
+    call Python)."""
+    return _enabled and not _tf_sees_gpu() and not in_xla_context() and _numba_installed()
+
+
 def applies(scores, k):
     """Whether `top_k` should replace TF's top-k for these scores.
 
@@ -83,9 +90,8 @@ def applies(scores, k):
         built will not be compiled by XLA (which cannot call Python).
     """
     num_keys = scores.shape[-1] if scores.shape.rank else None
-    return (_enabled and num_keys is not None and num_keys >= _MIN_KEYS_PER_SLOT * k
-            and scores.dtype in (tf.float32, tf.float64) and not _tf_sees_gpu()
-            and not in_xla_context() and _numba_installed())
+    return (num_keys is not None and num_keys >= _MIN_KEYS_PER_SLOT * k
+            and scores.dtype in (tf.float32, tf.float64) and available())
 
 
 def in_xla_context():

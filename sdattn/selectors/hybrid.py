@@ -112,13 +112,13 @@ class HybridSelector(Selector):
         if taken is None or (block_size >= num_keys and comparisons <= _TAKEN_COMPARISONS):
             # One block: rank the window's keys last while scoring (cheapest at small N).
             return streamed_top_k(lambda start, stop: self._ranked_block(context, start, stop, taken),
-                                  num_keys, block_size, slots)
+                                  num_keys, block_size, slots, cpu_kernel=context.cpu_top_k)
         # Fetch the best slots + w keys ignoring the window's, then drop the (at most w) taken
         # ones: the first `slots` left are the best untaken keys, in the same order as ranking
         # taken keys last, without comparing every key of every block with the w taken ones.
         fetched = min(slots + taken.shape[-1], num_keys)
         candidates = streamed_top_k(lambda start, stop: self._ranked_block(context, start, stop, None),
-                                    num_keys, block_size, fetched)  # [B, H, M, f]
+                                    num_keys, block_size, fetched, cpu_kernel=context.cpu_top_k)  # [B, H, M, f]
         taken = tf.cast(taken, candidates.dtype)  # [B, 1|H, M, w]
         is_taken = tf.reduce_any(tf.equal(candidates[..., :, None], taken[..., None, :]), axis=-1)  # [B, H, M, f]
         # The j-th untaken candidate goes to slot j (j < slots; there are at least `slots`):
