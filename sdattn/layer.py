@@ -31,9 +31,10 @@ def _output_shape_tuple(output_shape):
             and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
                     for d in output_shape)):
         return tuple(int(d) for d in output_shape)
+    # "Invalid `output_shape`" is Keras MHA's wording: code and tests written against it still match.
     raise ValueError(
-        "Received an invalid value for argument `output_shape`, expected a positive integer or "
-        f"a tuple of positive integers. Received: output_shape={output_shape!r}")
+        f"Invalid `output_shape`: received an invalid value for argument `output_shape`, expected "
+        f"a positive integer or a tuple of positive integers. Received: output_shape={output_shape!r}")
 
 
 def _is_sparse(x):

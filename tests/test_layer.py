@@ -375,6 +375,7 @@ def test_model_fit_lowers_the_loss_and_reaches_every_kernel():
     ({"value_dim": 1.5}, r"`value_dim`.*value_dim=1.5"),
     ({"output_shape": "wide"}, r"`output_shape`.*output_shape='wide'"),
     ({"output_shape": (2, 0.5)}, r"`output_shape`.*output_shape=\(2, 0.5\)"),
+    ({"output_shape": 8.0}, r"^Invalid `output_shape`.*Received: output_shape=8.0"),  # Keras MHA's test
     ({"selector": "nearest"}, r"`selector`.*\['dot', 'cosine', 'random', 'window', .*'ann'.*selector='nearest'"),
     ({"selector": 3}, r"`selector`.*selector=3"),
     ({"dropout": 1.5}, r"`dropout`.*dropout=1.5"),
