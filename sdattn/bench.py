@@ -36,9 +36,8 @@ LARGE_QUERIES = 1_024
 # gigabytes in TensorFlow's allocator, which would inflate the peaks of later methods.
 ISOLATE_METHODS_FROM = 65_536
 MIN_REPEATS = 5  # issue 6: the median of at least 5 runs
-# Untimed calls first: the first traces the graph; the next few still paid for thread pools
-# (Faiss's OpenMP, the hash pool) and allocator growth: `ann` at N = 16,384 took 22, 23, 22,
-# 19, 16 ms on its first five timed calls after a single warm-up call.
+# Untimed calls first: the first traces the graph; the next few still pay for thread pools
+# (Faiss's OpenMP, the hash pool) and allocator growth (benchmarks/NOTES.md, "Warm-up").
 WARMUP_CALLS = 3
 BASELINES = ("floor", "mha", "naive")
 # Tokens per step of the K/V-projection floor: the floor's own memory stays bounded at 1M keys.

@@ -12,7 +12,7 @@ from keras.src.backend.common.masking import set_keras_mask
 
 from sdattn import budgets, plan as plan_lib
 from sdattn import selectors as selectors_lib
-from sdattn.arguments import invalid_value, positive_int
+from sdattn import arguments
 from sdattn.selectors import cpu_top_k
 from sdattn.masking import AttentionMask
 
@@ -32,9 +32,8 @@ def _output_shape_tuple(output_shape):
                     for d in output_shape)):
         return tuple(int(d) for d in output_shape)
     # "Invalid `output_shape`" is Keras MHA's wording: code and tests written against it still match.
-    raise ValueError(
-        f"Invalid `output_shape`: received an invalid value for argument `output_shape`, expected "
-        f"a positive integer or a tuple of positive integers. Received: output_shape={output_shape!r}")
+    expected = "a positive integer or a tuple of positive integers"
+    raise ValueError(f"Invalid `output_shape`: {arguments.invalid_value('output_shape', expected, output_shape)}")
 
 
 def _is_sparse(x):
@@ -112,17 +111,13 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
                  seed=None, fast_paths=True, **kwargs):
-        num_heads = positive_int("num_heads", num_heads)
-        key_dim = positive_int("key_dim", key_dim)
-        top_k = positive_int("top_k", top_k)
-        value_dim = positive_int("value_dim", value_dim, allow_none=True)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-            raise ValueError(
-                "Received an invalid value for argument `dropout`, expected a float in [0, 1). "
-                f"Received: dropout={dropout!r}")
+        num_heads = arguments.positive_int("num_heads", num_heads)
+        key_dim = arguments.positive_int("key_dim", key_dim)
+        top_k = arguments.positive_int("top_k", top_k)
+        value_dim = arguments.positive_int("value_dim", value_dim, allow_none=True)
+        dropout = arguments.real("dropout", dropout, low=0, high=1, high_inclusive=False)
         output_shape = _output_shape_tuple(output_shape)
-        if not isinstance(fast_paths, bool):
-            raise invalid_value("fast_paths", "True or False", fast_paths)
+        fast_paths = arguments.boolean("fast_paths", fast_paths)
         resolved_selector = selectors_lib.get(selector)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.supports_masking = True

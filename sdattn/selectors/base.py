@@ -6,19 +6,12 @@ import math
 import keras
 import tensorflow as tf
 
+from sdattn import budgets
 from sdattn.selectors.top_k import masked_scores, streamed_top_k
 
 _REGISTRY = {}
 _DESCRIPTIONS = {}
 
-# Scores of about 16 M float32 (64 MB) per batch item and block keep selection memory bounded
-# at large N.
-_BLOCK_ELEMENTS = 2**24
-# Per-head selectors get 4× that (256 MB per batch item): each block costs a top-k and a merge
-# over H·M rows, each with a cost per row, so small blocks are slow. Measured for exact `dot` on
-# Config P at N = 65,536 (B·H·M = 8,192 rows): with TF's top_k, 1,032 ms with blocks of 4,096
-# keys and 511 ms with 16,384 (Keras MHA: 503 ms); with `cpu_top_k`'s kernel, 294 and 213 ms.
-_PER_HEAD_BLOCK_ELEMENTS = 2**26
 
 
 def register_selector(name, description):
@@ -176,7 +169,7 @@ class Selector(keras.layers.Layer):
     per_head = False
     #: Whether the selection runs outside TF's thread pools (a `tf.numpy_function`, as `ann`'s
     #: Faiss search): the layer then starts attention after it, instead of letting TF's threads
-    #: compete with it for the cores (measured 0.8 ms faster of 10 ms per call for `ann`).
+    #: compete with it for the cores, which stalls the search's own threads.
     selects_outside_tf = False
     #: Whether `scores` are exactly the attention logits q·k of the layer (projected, scaled
     #: query times projected key): `select_scored` then hands them to the layer.
@@ -238,8 +231,8 @@ class Selector(keras.layers.Layer):
             return max(int(self.block_size), 1)
         num_queries = context.max_queries or 1024
         if self.per_head:
-            return max(k, _PER_HEAD_BLOCK_ELEMENTS // max(num_queries * context.num_heads, 1))
-        return max(k, _BLOCK_ELEMENTS // max(num_queries, 1))
+            return max(k, budgets.PER_HEAD_BLOCK_ELEMENTS // max(num_queries * context.num_heads, 1))
+        return max(k, budgets.BLOCK_ELEMENTS // max(num_queries, 1))
 
     def attention_bias(self, context, indices):
         """Optional additive term for the logits of the selected slots, `[B, S, M, k]`, or None."""

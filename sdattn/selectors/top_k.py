@@ -8,8 +8,8 @@ import tensorflow as tf
 from sdattn.selectors import cpu_top_k
 
 # Blocks reduced to their top-k before they are merged into the running top-k: one top-k over
-# (8 + 1)·k columns instead of eight over 2·k. Measured for `cosine` on Config P at N = 1M (64
-# blocks of 16K keys): 1,182 ms merging after every block, 1,094 ms merging every 8 blocks.
+# (8 + 1)·k columns costs less than eight over 2·k, each with its fixed cost per row, and the
+# pending blocks hold only 8·k columns per row (benchmarks/NOTES.md, "Merging blocks").
 _MERGE_EVERY = 8
 
 
