@@ -80,3 +80,17 @@ def test_cli_errors_name_the_argument(argv, pattern, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
     assert re.search(pattern, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("num_queries", [512, 1_024], ids=["M=512", "M=1024"])
+def test_config_p_queries_are_all_distinct_noisy_sparse_unit_rows(num_queries):
+    """Issue 15: every one of the B·M benchmark queries is its own row (centre + 0.5 × noise,
+    cut to 8 features, normalised), so no speed comes from repeated queries."""
+    from sdattn.inputs import generate_inputs
+
+    example = generate_inputs("config_p", seed=0, num_keys=64, num_queries=num_queries)
+    query = example.dense_query().reshape(-1, example.dense_query().shape[-1])  # [B·M, D]
+    assert query.shape == (2 * num_queries, 256)
+    assert len(np.unique(query, axis=0)) == 2 * num_queries
+    np.testing.assert_array_equal((query != 0).sum(axis=1), 8)
+    np.testing.assert_allclose(np.linalg.norm(query, axis=1), 1.0, rtol=1e-5)
