@@ -33,8 +33,8 @@ def register_selector(name, description):
 
 
 def available_selectors():
-    """Returns the registered selector names, in registration order."""
-    return list(_REGISTRY)
+    """Returns the registered selector names, sorted by name (built-in and user-registered)."""
+    return sorted(_REGISTRY)
 
 
 def selector_descriptions():
