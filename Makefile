@@ -34,7 +34,6 @@ test: $(VENV)/.dev-installed browser
 
 bench: $(VENV)/.runtime-installed
 	$(BIN)/python -m sdattn.bench --selectors dot,cosine,ann,random,window,lsh,hybrid --repeats 5 --json benchmarks/results.json --markdown benchmarks/results.md
-	$(BIN)/python -m sdattn.bench --sizes 4096,16384,65536 --selectors dot,cosine,ann --repeats 5 --per-row-selection --json benchmarks/results_per_row.json --markdown benchmarks/results_per_row.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

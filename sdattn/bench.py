@@ -36,9 +36,8 @@ LARGE_QUERIES = 1_024
 # gigabytes in TensorFlow's allocator, which would inflate the peaks of later methods.
 ISOLATE_METHODS_FROM = 65_536
 MIN_REPEATS = 5  # issue 6: the median of at least 5 runs
-# Untimed calls first: the first traces the graph; the next few still paid for thread pools
-# (Faiss's OpenMP, the hash pool) and allocator growth: `ann` at N = 16,384 took 22, 23, 22,
-# 19, 16 ms on its first five timed calls after a single warm-up call.
+# Untimed calls first: the first traces the graph; the next few still pay for thread pools
+# (Faiss's OpenMP, the hash pool) and allocator growth (benchmarks/NOTES.md, "Warm-up").
 WARMUP_CALLS = 3
 BASELINES = ("floor", "mha", "naive")
 # Tokens per step of the K/V-projection floor: the floor's own memory stays bounded at 1M keys.
@@ -102,18 +101,12 @@ def total_memory_gb():
 
 # ---- inputs and reference -------------------------------------------------------------------------
 
-def config(num_keys, num_queries=None, batch=2, dim=256, heads=8, key_dim=32, top_k=32, share_rows=True):
-    """The benchmark configuration of one size: Config P, with M=1,024 above `LARGE_SIZE`.
-
-    `share_rows=False` makes the layer select and attend for each query row, even for rows
-    equal to another (Config P's 512 queries come from 256 topic centres, so about 215 rows per
-    batch item are distinct): it measures what computing each distinct row once contributes.
-    """
+def config(num_keys, num_queries=None, batch=2, dim=256, heads=8, key_dim=32, top_k=32):
+    """The benchmark configuration of one size: Config P, with M=1,024 above `LARGE_SIZE`."""
     if num_queries is None:
         num_queries = LARGE_QUERIES if num_keys > LARGE_SIZE else 512
     return {"num_keys": int(num_keys), "num_queries": int(num_queries), "batch": int(batch),
-            "dim": int(dim), "heads": int(heads), "key_dim": int(key_dim), "top_k": int(top_k),
-            "share_rows": bool(share_rows)}
+            "dim": int(dim), "heads": int(heads), "key_dim": int(key_dim), "top_k": int(top_k)}
 
 
 def score_tensor_gb(cfg):
@@ -238,8 +231,6 @@ def _build_method(method, cfg, weights, inputs, seed):
     layer = SparseDenseMultiHeadAttention(cfg["heads"], cfg["key_dim"], cfg["top_k"], selector=selector)
     layer.build(tuple(sparse_query.shape), tuple(value.shape))
     layer.set_weights(weights + [w.numpy() for w in layer.weights[len(weights):]])
-    if not cfg.get("share_rows", True):
-        layer.selector.row_wise = False  # the instance hides the class's flag: no sharing
     if hasattr(layer.selector, "index_keys"):
         # Built once per key set, apart from query time (issue 6: "the index already built").
         build_seconds = layer.selector.index_keys(value)
@@ -384,8 +375,7 @@ def _worker_command(cfg, methods, args, out_path, reference_dir):
             "--queries", str(cfg["num_queries"]), "--batch", str(cfg["batch"]), "--dim", str(cfg["dim"]),
             "--heads", str(cfg["heads"]), "--key-dim", str(cfg["key_dim"]), "--top-k", str(cfg["top_k"]),
             "--methods", ",".join(methods), "--repeats", str(args.repeats), "--seed", str(args.seed),
-            "--reference-dir", reference_dir, "--worker-out", out_path] + (
-                [] if cfg.get("share_rows", True) else ["--per-row-selection"])
+            "--reference-dir", reference_dir, "--worker-out", out_path]
 
 
 def _run_in_subprocess(cfg, methods, args, reference_dir, log):
@@ -444,9 +434,7 @@ def markdown_table(records, environment):
         f"Config P (B={first['batch']}, D={first['dim']}, H={first['heads']}, key_dim={first['key_dim']}, "
         f"top_k={first['top_k']}, float32; sparse queries, 8 non-zero features each); forward pass "
         f"under `tf.function`, median of {environment['repeats']} runs after {WARMUP_CALLS} warm-up calls. Measured "
-        f"{environment['date']} on {environment['machine']}, TensorFlow {environment['tensorflow']}."
-        + ("" if first.get("share_rows", True) else
-           " Every query row computed for itself (`--per-row-selection`): equal rows not shared."),
+        f"{environment['date']} on {environment['machine']}, TensorFlow {environment['tensorflow']}.",
         "",
         "| N | M | method | time (ms) | × faster than MHA | × faster than naive top-k | × K/V floor "
         "| recall@k vs cosine | index build (s) | peak RSS (MiB) |",
@@ -518,10 +506,6 @@ def parse_args(argv):
     parser.add_argument("--key-dim", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--per-row-selection", action="store_true",
-                        help="select and attend for every query row, even rows equal to another (by "
-                             "default selectors that allow it make the layer compute each distinct "
-                             "row once)")
     parser.add_argument("--dense-limit-gb", type=float, default=None,
                         help="skip MHA and the naive baseline when their score tensor exceeds this "
                              "(default: a quarter of physical memory)")
@@ -579,8 +563,7 @@ def main(argv=None):
         _logger.info("[bench] %s", message)
 
     if args.worker:
-        cfg = config(args.sizes[0], args.queries, args.batch, args.dim, args.heads, args.key_dim, args.top_k,
-                     share_rows=not args.per_row_selection)
+        cfg = config(args.sizes[0], args.queries, args.batch, args.dim, args.heads, args.key_dim, args.top_k)
         records = run_size(cfg, _parse_list(args.methods), args.repeats, args.seed, args.reference_dir, log)
         with open(args.worker_out, "w") as out:
             json.dump(records, out)
@@ -590,8 +573,7 @@ def main(argv=None):
     records = []
     with tempfile.TemporaryDirectory(prefix="sdattn-bench-") as reference_dir:
         for size in args.sizes:
-            cfg = config(size, args.queries, args.batch, args.dim, args.heads, args.key_dim, args.top_k,
-                         share_rows=not args.per_row_selection)
+            cfg = config(size, args.queries, args.batch, args.dim, args.heads, args.key_dim, args.top_k)
             methods, skipped = methods_for(cfg, selectors, args.dense_limit_gb)
             isolate = args.isolate
             if isolate == "auto":

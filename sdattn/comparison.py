@@ -11,7 +11,6 @@ import statistics
 import time
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
 # hashing, hybrid and learned are imported so that their selectors are registered by name.
@@ -313,6 +312,8 @@ def summary_table(runs):
     Returns:
         `pandas.DataFrame` with the columns `SUMMARY_COLUMNS`.
     """
+    import pandas as pd  # imported here: `import sdattn` stays free of pandas
+
     return pd.DataFrame([run.summary() for run in runs], columns=SUMMARY_COLUMNS)
 
 
@@ -364,6 +365,8 @@ def per_query_table(run, query_labels=None):
     truth = (np.full((batch, queries), np.nan) if run.ground_truth_recall is None
              else metrics.mean_of_defined(run.ground_truth_recall, axis=1))
     labels = [str(query_labels[m]) if query_labels is not None else f"q{m}" for m in query_index.ravel()]
+    import pandas as pd
+
     return pd.DataFrame({
         "batch": batch_index.ravel(),
         "query": query_index.ravel(),
@@ -404,4 +407,6 @@ def k_sweep_table(example, selectors, ks, num_heads, key_dim, seed=0, value_dim=
         for label, identifier in labelled for k in ks
     ]
     columns = [column for column in SUMMARY_COLUMNS if column != "time_ms"]
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=columns)

@@ -10,22 +10,11 @@ from keras import constraints, initializers, regularizers
 # Keras exports no public setter for implicit masks; MultiHeadAttention uses this same helper.
 from keras.src.backend.common.masking import set_keras_mask
 
-from sdattn.arguments import positive_int
+from sdattn import budgets, plan as plan_lib
 from sdattn import selectors as selectors_lib
-from sdattn.distinct import can_share_rows, distinct_rows
+from sdattn import arguments
+from sdattn.selectors import cpu_top_k
 from sdattn.masking import AttentionMask
-
-
-# Gathered raw rows [B, M, k, D] above this many elements per batch item (128 MB of float32)
-# take the projecting path instead of the folded one.
-_FOLD_GATHER_ELEMENTS = 2**25
-# A sparse query of at most this many elements is also densified (64 MB of float32): for the
-# projection when dense is faster, and to find equal rows.
-_DENSIFY_ELEMENTS = 2**24
-# Below this density `sparse_dense_matmul` projects the query faster than a dense matmul. On
-# the 2-core CPU, at B·M = 1,024 rows, Dq = 256, H·kd = 256 (sparse vs scatter + dense matmul):
-# 0.59 vs 0.69 ms at 0.8% density, 0.78 vs 0.69 ms at 1.2%, 1.71 vs 0.73 ms at 3.1%.
-_DENSE_PROJECTION_DENSITY = 0.01
 
 
 def _large_negative_number(dtype):
@@ -42,13 +31,19 @@ def _output_shape_tuple(output_shape):
             and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
                     for d in output_shape)):
         return tuple(int(d) for d in output_shape)
-    raise ValueError(
-        "Received an invalid value for argument `output_shape`, expected a positive integer or "
-        f"a tuple of positive integers. Received: output_shape={output_shape!r}")
+    # "Invalid `output_shape`" is Keras MHA's wording: code and tests written against it still match.
+    expected = "a positive integer or a tuple of positive integers"
+    raise ValueError(f"Invalid `output_shape`: {arguments.invalid_value('output_shape', expected, output_shape)}")
 
 
 def _is_sparse(x):
     return isinstance(x, tf.SparseTensor)
+
+
+def _densified(query):
+    """A sparse query `[B, M, Dq]` with static shape as a dense tensor; duplicate indices add up."""
+    dense = tf.scatter_nd(query.indices, query.values, tf.cast(query.dense_shape, tf.int64))  # [B, M, Dq]
+    return tf.ensure_shape(dense, query.shape)
 
 
 @keras.saving.register_keras_serializable(package="sdattn")
@@ -77,7 +72,17 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
         activity_regularizer, kernel_constraint, bias_constraint: as for Keras MHA.
         seed: seed for the dropout.
+        fast_paths: let the layer pick the cheapest exact way to attend (see `sdattn.plan`):
+            fold the key and value kernels into the query side for a shared selection, reuse
+            the selector's scores as logits when they are (`dot`), and rank exact top-k with
+            the compiled CPU kernel. False always projects the selected keys and values and
+            calls `_compute_attention`, in TF ops only (like Keras's `flash_attention=False`):
+            for debugging, exporting a graph, or comparing paths. The outputs are the same.
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Overriding attention: a subclass may override `_compute_attention(query, selected_key,
+    selected_value, slot_valid, bias=None, training=None)`, the one override point, as in Keras
+    MHA. The layer then always takes the standard path, so the override sees every call.
 
     Call arguments:
         query: `tf.SparseTensor` (or dense tensor) `[B, M, Dq]`.
@@ -105,16 +110,14 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                  use_bias=True, output_shape=None, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
-                 seed=None, **kwargs):
-        num_heads = positive_int("num_heads", num_heads)
-        key_dim = positive_int("key_dim", key_dim)
-        top_k = positive_int("top_k", top_k)
-        value_dim = positive_int("value_dim", value_dim, allow_none=True)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-            raise ValueError(
-                "Received an invalid value for argument `dropout`, expected a float in [0, 1). "
-                f"Received: dropout={dropout!r}")
+                 seed=None, fast_paths=True, **kwargs):
+        num_heads = arguments.positive_int("num_heads", num_heads)
+        key_dim = arguments.positive_int("key_dim", key_dim)
+        top_k = arguments.positive_int("top_k", top_k)
+        value_dim = arguments.positive_int("value_dim", value_dim, allow_none=True)
+        dropout = arguments.real("dropout", dropout, low=0, high=1, high_inclusive=False)
         output_shape = _output_shape_tuple(output_shape)
+        fast_paths = arguments.boolean("fast_paths", fast_paths)
         resolved_selector = selectors_lib.get(selector)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.supports_masking = True
@@ -132,6 +135,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         self._kernel_constraint = constraints.get(kernel_constraint)
         self._bias_constraint = constraints.get(bias_constraint)
         self.seed = seed
+        self._fast_paths = fast_paths
         # Assigned without Keras tracking until `build`, so that the selector's own weights
         # come after the eight attention weights, as `mha.get_weights() + extra` expects.
         object.__setattr__(self, "_pending_selector", resolved_selector)
@@ -142,6 +146,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
     top_k = property(lambda self: self._top_k)
     dropout = property(lambda self: self._dropout)
     use_bias = property(lambda self: self._use_bias)
+    fast_paths = property(lambda self: self._fast_paths)
 
     @property
     def selector(self):
@@ -226,60 +231,58 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         query, value, key = self._standardize_inputs(query, value, key)
         mask = self._attention_mask(query, value, query_mask, value_mask, key_mask,
                                     attention_mask, use_causal_mask)
-
-        dense_query = self._densified(query)  # [B, M, Dq], or None when too large
-        rows, selection_query, selection_mask = None, query, mask
-        if self._shares_rows(mask, dense_query, training):
-            # Equal rows get the same keys and the same weights: attend once per distinct row,
-            # without the query mask (applied to the copies when they are made).
-            rows = distinct_rows(dense_query)
-            dense_query = tf.gather(dense_query, rows.representatives, batch_dims=1)  # [B, U, Dq]
-            selection_query = dense_query
-            selection_mask = mask.for_distinct_rows(tf.shape(dense_query)[1])
-        projected_query = self._project_query(selection_query, dense_query)  # [B, M|U, H, kd]
+        plan = self.attention_plan(query, value, key, mask, training)
+        projected_query = self._project_query(query)  # [B, M, H, kd]
         projected_query = projected_query * tf.cast(self._key_dim ** -0.5, projected_query.dtype)
         context = selectors_lib.SelectionContext(
-            query=selection_query, key=key, projected_query=projected_query,
-            project_key=lambda: self._key_dense(key), mask=selection_mask, num_heads=self._num_heads,
-            training=training)
-        if rows is not None:
-            context.max_queries = query.shape[1]
-            dense_query = None  # one row per distinct value already
-        num_keys = key.shape[1]
-        slots = self._top_k if num_keys is None else min(self._top_k, num_keys)
-        indices, slot_valid, slot_logits = self._select(context, slots, dense_query)  # [B, H|1, M, k] each
-        if getattr(self.selector, "selects_outside_tf", False) and not tf.executing_eagerly():
-            # Attention waits for the selection rather than competing with it for cores.
+            query=query, key=key, projected_query=projected_query,
+            project_key=lambda: self._key_dense(key), mask=mask, num_heads=self._num_heads,
+            training=training, cpu_top_k=plan.cpu_top_k)
+        indices, slot_valid, slot_logits = self._select(context, plan)  # [B, S, M, k] each
+        if plan.waits_for_selection:
             with tf.control_dependencies([indices]):
                 projected_query = tf.identity(projected_query)
         bias = self.selector.attention_bias(context, tf.where(slot_valid, indices, 0))
-        if self._should_fold(context, indices, slots):
+        if plan.path == plan_lib.FOLDED:
             attention_output, scores = self._attend_folded(
                 projected_query, key, value, indices, slot_valid, bias, training)
-        elif slot_logits is not None and training is not True and not self._overrides_attention():
-            # The selector's scores are the logits already: no key is gathered, no q·k redone.
-            # (Not while training: the logits' gradient would then go through top-k, which
-            # builds a dense [B, H, M, block] gradient per key block.)
-            selected_value = self._selected_values(value, indices, slots, context.max_queries)  # [B, H, M, k, vd]
+        elif plan.path == plan_lib.REUSED_LOGITS:
+            selected_value = self._selected_tokens(value, self._value_dense, indices, plan)  # [B, H, M, k, vd]
             scores, weights = self._slot_weights(slot_logits, slot_valid, bias, training)
             attention_output = tf.einsum("bhmk,bhmkd->bmhd", weights, selected_value)  # [B, M, H, vd]
         else:
-            selected_key, selected_value = self._selected_projections(context, key, value, indices, slots)
+            selected_key = self._selected_keys(context, key, indices, plan)  # [B, H, M, k, kd]
+            selected_value = self._selected_tokens(value, self._value_dense, indices, plan)  # [B, H, M, k, vd]
             attention_output, scores = self._compute_attention(
                 projected_query, selected_key, selected_value, slot_valid, bias, training)
-        output = self._output_dense(attention_output)  # [B, M, *out] ([B, U, *out] when shared)
-        if rows is not None:
-            output = self._output_copied_to_rows(rows, mask.query_mask, attention_output, output)
+        output = self._output_dense(attention_output)  # [B, M, *out]
         if query_mask is not None:
             set_keras_mask(output, tf.cast(query_mask, tf.bool))
-        if return_attention_scores:
-            if rows is not None:
-                scores, indices, slot_valid = self._slots_copied_to_rows(
-                    rows, mask.query_mask, scores, indices, slot_valid)
-            full_shape = tf.shape(scores)
-            indices = tf.broadcast_to(tf.where(slot_valid, indices, -1), full_shape)  # [B, H, M, k]
-            return output, scores, indices
-        return output
+        if not return_attention_scores:
+            return output
+        indices = tf.broadcast_to(tf.where(slot_valid, indices, -1), tf.shape(scores))  # [B, H, M, k]
+        return output, scores, indices
+
+    def attention_plan(self, query, value, key=None, mask=None, training=None):
+        """The `sdattn.plan.AttentionPlan` a call on inputs of these shapes follows.
+
+        Args:
+            query: `[B, M, Dq]` sparse or dense (only its static shape is read).
+            value: `[B, N, Dv]`; key: `[B, N, Dk]`, defaults to `value`.
+            mask: the call's `AttentionMask`, or None (no per-head attention mask).
+            training: the Keras training flag.
+        """
+        key = value if key is None else key
+        return plan_lib.plan_attention(
+            num_queries=query.shape[1], num_keys=key.shape[1], key_features=key.shape[-1],
+            value_features=value.shape[-1], num_heads=self._num_heads, key_dim=self._key_dim,
+            value_dim=self._value_dim, top_k=self._top_k, per_head=self.selector.per_head,
+            scores_are_logits=self.selector.scores_are_logits,
+            selects_outside_tf=self.selector.selects_outside_tf,
+            mask_heads=1 if mask is None else mask.num_mask_heads,
+            training=training, eager=tf.executing_eagerly(),
+            custom_attention=self._overrides_attention(), fast_paths=self._fast_paths,
+            cpu_top_k_available=cpu_top_k.available())
 
     def _standardize_inputs(self, query, value, key):
         dtype = self.compute_dtype
@@ -345,35 +348,24 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         return AttentionMask(num_queries, num_keys, query_mask=query_mask, key_mask=combined_key_mask,
                              attention_mask=attention_mask, causal=bool(use_causal_mask))
 
-    @staticmethod
-    def _densified(query):
-        """The query as a dense tensor `[B, M, Dq]`: itself if dense; a sparse one only when its
-        static size is at most `_DENSIFY_ELEMENTS` (else None). Duplicate indices add up."""
-        if not _is_sparse(query):
-            return query
-        if any(size is None for size in query.shape) or math.prod(query.shape) > _DENSIFY_ELEMENTS:
-            return None
-        dense = tf.scatter_nd(query.indices, query.values, tf.cast(query.dense_shape, tf.int64))  # [B, M, Dq]
-        return tf.ensure_shape(dense, query.shape)
-
-    def _project_query(self, query, dense_query=None):
+    def _project_query(self, query):
         """Projects the query into heads: `[B, M, Dq]` → `[B, M, H, kd]`.
 
-        A sparse query goes through `sparse_dense_matmul` below `_DENSE_PROJECTION_DENSITY`
-        non-zeros, and through its densified copy (when there is one) above, whichever is
-        faster at that density; a large sparse query is never densified.
+        A sparse query goes through `sparse_dense_matmul` below `budgets.DENSE_PROJECTION_DENSITY`
+        non-zeros, and through a densified copy above, whichever is faster at that density; a
+        sparse query larger than `budgets.DENSIFY_ELEMENTS` is never densified.
         """
         if not _is_sparse(query):
             return self._query_dense(query)
-        if dense_query is None:
+        if any(size is None for size in query.shape) or math.prod(query.shape) > budgets.DENSIFY_ELEMENTS:
             return self._sparse_projection(query)
         density = tf.cast(tf.size(query.values), tf.float32) / float(max(math.prod(query.shape), 1))
         if tf.executing_eagerly():
-            use_sparse = bool(density < _DENSE_PROJECTION_DENSITY)
-            return self._sparse_projection(query) if use_sparse else self._query_dense(dense_query)
-        projected = tf.cond(density < _DENSE_PROJECTION_DENSITY,
+            use_sparse = bool(density < budgets.DENSE_PROJECTION_DENSITY)
+            return self._sparse_projection(query) if use_sparse else self._query_dense(_densified(query))
+        projected = tf.cond(density < budgets.DENSE_PROJECTION_DENSITY,
                             lambda: self._sparse_projection(query),
-                            lambda: self._query_dense(dense_query))
+                            lambda: self._query_dense(_densified(query)))
         return tf.ensure_shape(projected, (query.shape[0], query.shape[1], self._num_heads, self._key_dim))
 
     def _sparse_projection(self, query):
@@ -402,116 +394,51 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         product = tf.sparse.sparse_dense_matmul(as_float32, tf.cast(dense, tf.float32))
         return tf.cast(product, dense.dtype)
 
-    def _shares_rows(self, mask, dense_query, training):
-        """Whether to select and attend once per distinct query row (see `_output_copied_to_rows`).
-
-        Equal rows of a batch item then have equal outputs exactly: the selector is `row_wise`
-        (its keys and `attention_bias` depend only on the row's content), no causal or explicit
-        mask tells the rows apart, no dropout draws a different mask per row, and
-        `_compute_attention` is not overridden (an override may look at row positions).
-        """
-        if dense_query is None or not getattr(self.selector, "row_wise", False):
-            return False
-        if self._overrides_attention() or (self._dropout > 0 and training not in (None, False)):
-            return False
-        return can_share_rows(dense_query, mask.attention_mask, mask.causal)
-
-    def _output_copied_to_rows(self, rows, query_mask, attention_output, output):
-        """Copies the output computed per distinct row back to every row: `[B, U, *out]` →
-        `[B, M, *out]`.
-
-        A masked query row gets what the unshared path gives it, no allowed slot: a zero context,
-        so the output bias alone. Its equal unmasked rows keep their own result, because the
-        distinct rows were attended without the query mask.
-
-        Args:
-            rows: the `DistinctRows` of this call.
-            query_mask: bool `[B, M]` or None.
-            attention_output: `[B, U, H, vd]`, the context of each distinct row.
-            output: `[B, U, *out]`.
-        """
-        output = rows.expand(output, axis=1)  # [B, M, *out]
-        if query_mask is None:
-            return output
-        query_mask = tf.cast(query_mask, tf.bool)
-        empty_row = self._output_dense(tf.zeros_like(attention_output[:, :1]))  # [B, 1, *out]
-        keep = tf.reshape(query_mask, tf.concat([tf.shape(query_mask), tf.ones([output.shape.rank - 2], tf.int32)], 0))  # [B, M, 1, ...]
-        return tf.where(keep, output, empty_row)
-
-    @staticmethod
-    def _slots_copied_to_rows(rows, query_mask, scores, indices, slot_valid):
-        """Copies the slots of each distinct row back to every row (only when they are returned):
-        `[B, ·, U, k]` → `[B, ·, M, k]`; a masked query row's slots are invalid, with zero scores.
-
-        Returns:
-            `(scores [B, H, M, k], indices [B, S, M, k], slot_valid [B, S', M, k])`.
-        """
-        scores, indices, slot_valid = (rows.expand(part) for part in (scores, indices, slot_valid))  # [B, ·, M, k]
-        if query_mask is not None:
-            slot_valid = tf.logical_and(slot_valid, tf.cast(query_mask, tf.bool)[:, None, :, None])  # [B, S', M, k]
-            scores = tf.where(slot_valid, scores, tf.zeros_like(scores))
-        return scores, indices, slot_valid
-
     def _overrides_attention(self):
         """Whether a subclass overrides `_compute_attention` (the fast paths then stay off)."""
         return type(self)._compute_attention is not SparseDenseMultiHeadAttention._compute_attention
 
-    def _select(self, context, slots, dense_query=None):
+    def _select(self, context, plan):
         """Runs the selector, then marks slots the mask forbids.
 
         Returns:
             `(indices, valid, logits)`: indices and valid `[B, S, M, k]` (in-range positions,
-            and whether each slot may be attended); logits `[B, S, M, k]` when the selector's
-            scores are the attention logits (see `Selector.select_scored`), else None.
+            and whether each slot may be attended); logits `[B, S, M, k]`, the selected scores,
+            on the `REUSED_LOGITS` path (see `Selector.select_scored`), else None.
         """
-        indices, logits = self._selector_indices(context, slots, dense_query)
+        slots, name = plan.slots, type(self.selector).__name__
+        if plan.path == plan_lib.REUSED_LOGITS:
+            indices, logits = self.selector.select_scored(context, slots)
+            if logits is None:
+                raise ValueError(f"Selector {name} has `scores_are_logits = True`, so `select_scored` "
+                                 "must return the selected logits. Received: logits=None")
+        else:
+            indices, logits = self.selector.select(context, slots), None
         indices = tf.cast(indices, tf.int32)  # [B, S, M, k]
         if indices.shape.rank != 4 or indices.shape[-1] not in (None, slots):
             received = "unknown" if indices.shape.rank is None else tuple(indices.shape)
             raise ValueError(
-                f"Selector {type(self.selector).__name__} must return indices of shape [B, S, M, {slots}]. "
+                f"Selector {name} must return indices of shape [B, S, M, {slots}]. "
                 f"Received: shape={received}")
-        if indices.shape[1] is None:
-            # Unknown selection-head count: treat it as per head.
-            shape = tf.shape(indices)
-            indices = tf.broadcast_to(indices, tf.stack([shape[0], self._num_heads, shape[2], shape[3]]))
-            indices = tf.ensure_shape(indices, (None, self._num_heads, None, None))
+        if indices.shape[1] is not None and indices.shape[1] not in (1, plan.selection_heads):
+            raise ValueError(
+                f"Selector {name} has `per_head = {self.selector.per_head}`, so it must return "
+                f"indices of shape [B, {plan.selection_heads} or 1, M, {slots}]. "
+                f"Received: shape={tuple(indices.shape)}")
         num_keys = tf.cast(context.num_keys, tf.int32)
         in_range = tf.logical_and(indices >= 0, indices < num_keys)
         safe_indices = tf.where(in_range, indices, 0)
         allowed = context.mask.at_slots(safe_indices)
         valid = in_range if allowed is None else tf.logical_and(in_range, allowed)
-        target = tf.broadcast_dynamic_shape(tf.shape(safe_indices), tf.shape(valid))
-        # Keep the selection-head count static (1 = shared, H = per head) for `_gather_heads`.
-        heads = max(safe_indices.shape[1], valid.shape[1] or 1)
-        static_shape = (None, heads, None, slots)
+        # The selection-head count is the plan's, static (1 = shared, H = per head), for
+        # `_gather_heads` and the folded path.
+        shape = tf.shape(safe_indices)
+        target = tf.stack([shape[0], plan.selection_heads, shape[2], shape[3]])  # [B, S, M, k]
+        static_shape = (None, plan.selection_heads, None, slots)
         if logits is not None:
-            if logits.shape.rank != 4 or logits.shape[1] != indices.shape[1]:
-                logits = None  # not aligned with the slots: recompute q·k instead
-            else:
-                logits = tf.ensure_shape(tf.broadcast_to(tf.cast(logits, self.compute_dtype), target), static_shape)
+            logits = tf.ensure_shape(tf.broadcast_to(tf.cast(logits, self.compute_dtype), target), static_shape)
         return (tf.ensure_shape(tf.broadcast_to(safe_indices, target), static_shape),
                 tf.ensure_shape(tf.broadcast_to(valid, target), static_shape), logits)
-
-    def _selector_indices(self, context, slots, dense_query):
-        """The selector's `(indices, logits or None)`, `[B, S, M, k]`, computed once per distinct
-        query row when it may be.
-
-        A `row_wise` selector's choice for a row depends only on that row's content, so equal
-        rows of a batch item (no causal or explicit attention mask to tell them apart) get the
-        same keys: the selector then runs on the distinct rows only, and the result is copied
-        back. Queries drawn from a few hundred topics, or repeated prompts, repeat rows often.
-        """
-        mask = context.mask
-        if dense_query is None or not can_share_rows(dense_query, mask.attention_mask, mask.causal):
-            return self.selector.select_scored(context, slots)
-        # Other selectors may still share a row-wise part of their work (see `context.distinct`).
-        context.allow_distinct(dense_query)
-        if not getattr(self.selector, "row_wise", False):
-            return self.selector.select_scored(context, slots)
-        rows, distinct = context.distinct()
-        indices, logits = self.selector.select_scored(distinct, slots)  # [B, S, U, k] each
-        return rows.expand(indices), (None if logits is None else rows.expand(logits))  # [B, S, M, k]
 
     def _gather_heads(self, projected, indices):
         """Gathers each head's selected rows: `[B, N, H, d]` at `[B, S, M, k]` → `[B, H, M, k, d]`."""
@@ -529,52 +456,20 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         rows = tf.gather(by_head, flat, batch_dims=2)  # [B, H, M·k, d]
         return tf.reshape(rows, tf.stack([batch, heads, num_queries, slots, depth]))  # [B, H, M, k, d]
 
-    def _selected_projections(self, context, key, value, indices, slots):
-        """Projected keys and values of the selected slots, `[B, H, M, k, kd]` and `[B, H, M, k, vd]`.
+    def _selected_keys(self, context, key, indices, plan):
+        """Projected keys of the selected slots, `[B, H, M, k, kd]`: the selector's projection of
+        every key when it made one, else as `_selected_tokens`."""
+        if context.has_projected_key:
+            return self._gather_heads(context.projected_key, indices)  # [B, H, M, k, kd]
+        return self._selected_tokens(key, self._key_dense, indices, plan)  # [B, H, M, k, kd]
 
-        Only the selected tokens are projected when they are fewer than all N; otherwise (or when
-        the selector already projected every key) all tokens are projected once and gathered.
-        """
-        if context.has_projected_key or not self._fewer_slots_than_tokens(key, indices, slots, context.max_queries):
-            selected_key = self._gather_heads(context.projected_key, indices)  # [B, H, M, k, kd]
-        else:
-            selected_key = self._project_selected(key, self._key_dense, indices)  # [B, H, M, k, kd]
-        return selected_key, self._selected_values(value, indices, slots, context.max_queries)
-
-    def _selected_values(self, value, indices, slots, num_queries):
-        """Projected values of the selected slots, `[B, H, M, k, vd]`: only the selected tokens
-        are projected when they are fewer than all N, else all tokens once, then gathered."""
-        if self._fewer_slots_than_tokens(value, indices, slots, num_queries):
-            return self._project_selected(value, self._value_dense, indices)  # [B, H, M, k, vd]
-        return self._gather_heads(self._value_dense(value), indices)  # [B, H, M, k, vd]
-
-    @staticmethod
-    def _fewer_slots_than_tokens(tokens, indices, slots, num_queries):
-        """Whether a batch item's slots (S·M·k, with `num_queries` a static bound of M, or None)
-        are fewer than its N `tokens` `[B, N, D]`, so projecting only the selected ones costs less."""
-        num_tokens = tokens.shape[1]
-        return (num_tokens is not None and num_queries is not None
-                and indices.shape[1] * num_queries * slots < num_tokens)
-
-    def _should_fold(self, context, indices, slots):
-        """Whether to fold the key and value kernels into the query side (see `_attend_folded`).
-
-        Only for a selection shared by all heads, when the selector has not projected every key
-        already, when `_compute_attention` is not overridden, and when it costs fewer
-        multiply-adds than projecting the selected tokens.
-        """
-        if indices.shape[1] != 1 or context.has_projected_key or self._overrides_attention():
-            return False
-        num_queries, num_keys = context.max_queries, context.num_keys
-        if not isinstance(num_queries, int) or not isinstance(num_keys, int):
-            return False
-        heads, key_depth = self._num_heads, self._key_dim + self._value_dim
-        token_dim = max(context.key.shape[-1] or 0, self._value_dense.kernel.shape[0])
-        if num_queries * slots * token_dim > _FOLD_GATHER_ELEMENTS:
-            return False  # the gathered raw rows [B, M, k, D] would be too large
-        folded = token_dim * heads * (2 * slots + key_depth)
-        projected = min(num_keys, num_queries * slots) / num_queries * token_dim * heads * key_depth
-        return folded < projected
+    def _selected_tokens(self, tokens, projection, indices, plan):
+        """Projected tokens of the selected slots, `[B, H, M, k, d]`: only the selected tokens
+        are projected when they are fewer than all N (`plan.project_selected`), else all N once,
+        then gathered."""
+        if plan.project_selected:
+            return self._project_selected(tokens, projection, indices)  # [B, H, M, k, d]
+        return self._gather_heads(projection(tokens), indices)  # [B, H, M, k, d]
 
     def _attend_folded(self, query, key, value, indices, slot_valid, bias=None, training=None):
         """Attention over a shared selection without projecting any key or value token.
@@ -730,6 +625,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             "kernel_constraint": constraints.serialize(self._kernel_constraint),
             "bias_constraint": constraints.serialize(self._bias_constraint),
             "seed": self.seed,
+            "fast_paths": self._fast_paths,
         })
         return config
 

@@ -30,18 +30,6 @@ class AttentionMask:
         self.attention_mask = attention_mask
         self.causal = causal
 
-    def for_distinct_rows(self, num_rows):
-        """The mask of a call made once per distinct query row: only the key mask stays.
-
-        The query mask is dropped: a masked row's result is set when results are copied back,
-        and an equal unmasked row must still get its real one. (Rows are only shared when no
-        causal or explicit attention mask tells them apart.)
-
-        Args:
-            num_rows: U, the distinct rows per batch item.
-        """
-        return AttentionMask(num_rows, self.num_keys, key_mask=self.key_mask)
-
     @property
     def is_empty(self):
         """True when nothing is masked at all."""

@@ -7,7 +7,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import sdattn
+from sdattn import selectors as selectors_lib
 from sdattn.layer import SparseDenseMultiHeadAttention
+
+#: Every registered selector: the generic suites run them all, so a new selector is tested by
+#: registering it, with no list to edit.
+SELECTORS = sdattn.available_selectors()
+#: Those whose selection is shared by all heads, and those that XLA can compile (no Python).
+SHARED_SELECTORS = [name for name in SELECTORS if not selectors_lib.get(name).per_head]
+XLA_SELECTORS = [name for name in SELECTORS if not selectors_lib.get(name).selects_outside_tf]
+
+
+def selector_config(name, seed=1):
+    """`selector=` for a registered name, seeded where the selector draws randomness, so that a
+    case repeats exactly (and a saved model reloads with the same hash planes)."""
+    selector_class = type(selectors_lib.get(name))
+    if "seed" in selector_class().get_config():
+        return {"name": name, "seed": seed}
+    return name
 
 
 def stable_seed(*parts):

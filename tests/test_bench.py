@@ -82,17 +82,15 @@ def test_cli_errors_name_the_argument(argv, pattern, capsys):
     assert re.search(pattern, capsys.readouterr().err)
 
 
-def test_per_row_selection_turns_row_sharing_off_and_says_so(tmp_path):
-    markdown_path = tmp_path / "results.md"
-    records = bench.main(["--sizes", "64", "--selectors", "cosine", *TOY, "--per-row-selection",
-                          "--markdown", str(markdown_path)])
-    assert all(r["share_rows"] is False for r in records)
-    assert "Every query row computed for itself" in markdown_path.read_text()
-    for share_rows in (True, False):
-        cfg = bench.config(64, 8, dim=16, heads=2, key_dim=4, top_k=4, share_rows=share_rows)
-        inputs = bench.make_inputs(cfg, seed=0)
-        _, weights = bench._reference_weights(cfg, seed=0)
-        _, layer, _ = bench._build_method("cosine", cfg, weights, inputs, seed=0)
-        assert layer.selector.row_wise is share_rows
-        worker = bench._worker_command(cfg, ["cosine"], bench.parse_args([]), "out.json", "ref")
-        assert ("--per-row-selection" in worker) is not share_rows
+@pytest.mark.parametrize("num_queries", [512, 1_024], ids=["M=512", "M=1024"])
+def test_config_p_queries_are_all_distinct_noisy_sparse_unit_rows(num_queries):
+    """Issue 15: every one of the B·M benchmark queries is its own row (centre + 0.5 × noise,
+    cut to 8 features, normalised), so no speed comes from repeated queries."""
+    from sdattn.inputs import generate_inputs
+
+    example = generate_inputs("config_p", seed=0, num_keys=64, num_queries=num_queries)
+    query = example.dense_query().reshape(-1, example.dense_query().shape[-1])  # [B·M, D]
+    assert query.shape == (2 * num_queries, 256)
+    assert len(np.unique(query, axis=0)) == 2 * num_queries
+    np.testing.assert_array_equal((query != 0).sum(axis=1), 8)
+    np.testing.assert_allclose(np.linalg.norm(query, axis=1), 1.0, rtol=1e-5)

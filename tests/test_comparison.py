@@ -9,9 +9,8 @@ import pytest
 
 from sdattn import comparison, reference
 from sdattn.comparison import compare_selectors, k_sweep_table, per_query_table, run_selector, run_selectors
+from cases import SELECTORS as ALL_SELECTORS, SHARED_SELECTORS
 from sdattn.inputs import generate_inputs
-
-ALL_SELECTORS = ["dot", "cosine", "random", "window", "learned", "lsh", "hybrid"]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +92,7 @@ def test_compare_selectors_table_shape_and_ranges(masked_example):
         assert table[column].between(0, 1).all(), column
     assert table["ground_truth_recall"].isna().all()  # no ground truth in this example
     assert (table["time_ms"] > 0).all()
-    shared = table.set_index("selector").loc[["cosine", "random", "window", "learned", "lsh"]]
+    shared = table.set_index("selector").loc[SHARED_SELECTORS]
     np.testing.assert_array_equal(shared["head_agreement"], 1.0)  # one selection for all heads
     assert not shared["per_head"].any()
     assert table.set_index("selector").loc["dot", "recall_at_k"] == 1.0
@@ -109,7 +108,7 @@ def test_with_top_k_at_least_n_every_selector_is_exact(selector, masked_example)
     assert summary["output_rel_error"] < 1e-4
 
 
-@pytest.mark.parametrize("selector", ["learned", "lsh", "hybrid", "window"])
+@pytest.mark.parametrize("selector", ALL_SELECTORS)
 def test_run_output_and_metrics_agree_with_the_numpy_reference(selector, planted_example):
     weights = comparison.attention_weights(planted_example, 2, 8, seed=7)
     run = run_selector(planted_example, selector, 6, 2, 8, seed=7, weights=weights, repeats=0)

@@ -9,12 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sdattn
-from cases import (check_oracle, check_save_load_round_trip, check_unknown_lengths_match_eager,
-                   paired_layers, random_case)
+from cases import (SELECTORS, SHARED_SELECTORS, XLA_SELECTORS, check_oracle, check_save_load_round_trip,
+                   check_unknown_lengths_match_eager, paired_layers, random_case, selector_config)
+from sdattn import plan as plan_lib
 from sdattn import reference
 from sdattn.layer import SparseDenseMultiHeadAttention
-
-BUILT_IN = ["dot", "cosine", "random", "window", "ann"]
 
 
 ORACLE_SHAPES = [
@@ -26,7 +25,7 @@ ORACLE_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("selector", BUILT_IN)
+@pytest.mark.parametrize("selector", SELECTORS)
 @pytest.mark.parametrize("shape", ORACLE_SHAPES, ids=lambda s: "x".join(map(str, s[:7])))
 @pytest.mark.parametrize("sparse_query", [True, False], ids=["sparse", "dense"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "valuemask"])
@@ -50,7 +49,7 @@ def test_dot_with_top_k_below_n_matches_reference_over_exact_top_k():
     np.testing.assert_allclose(scores.numpy().sum(-1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("selector", BUILT_IN)
+@pytest.mark.parametrize("selector", SELECTORS)
 def test_top_k_below_n_matches_reference_over_the_selectors_own_indices(selector):
     rng = np.random.default_rng(2)
     query, value = random_case(rng, 2, 5, 16, 16, 16)
@@ -113,11 +112,16 @@ def test_masked_selection_is_nan_free_and_never_picks_a_forbidden_key(data):
     queries = data.draw(st.integers(1, 5))
     keys = data.draw(st.integers(1, 7))
     top_k = data.draw(st.integers(1, 9))
-    selector = data.draw(st.sampled_from(BUILT_IN))
+    selector = selector_config(data.draw(st.sampled_from(SELECTORS)))
+    if selector == "hybrid":
+        selector = {"name": "hybrid", "window_fraction": data.draw(st.sampled_from([0.0, 0.3, 0.5, 1.0]))}
+    elif isinstance(selector, dict) and selector["name"] == "lsh":
+        selector.update(num_bits=data.draw(st.integers(1, 4)), num_tables=data.draw(st.integers(1, 2)))
     causal = data.draw(st.booleans())
+    feature_dim = data.draw(st.sampled_from([3, 4]))  # 3 == value size: raw space; 4: projected
     seed = data.draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
-    query, value = random_case(rng, batch, queries, keys, 3, 3, density=0.5)
+    query, value = random_case(rng, batch, queries, keys, feature_dim, 3, density=0.5)
     value_mask = rng.random((batch, keys)) < data.draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]))
     query_mask = rng.random((batch, queries)) < 0.8
     attention_mask = rng.random((batch, queries, keys)) < 0.8
@@ -204,13 +208,30 @@ def test_attention_mask_ranks_agree():
                                mha(query, value, attention_mask=per_head).numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("selector", BUILT_IN)
-def test_causal_mask_matches_keras(selector):
+@pytest.mark.parametrize("selector", SELECTORS)
+def test_causal_and_per_head_attention_masks_match_keras(selector):
     rng = np.random.default_rng(9)
-    query, value = random_case(rng, 2, 5, 7, 4, 4)
-    layer, mha = paired_layers(2, 4, 7, selector, query, value)
-    out = layer(tf.sparse.from_dense(query), value, use_causal_mask=True)
-    np.testing.assert_allclose(out.numpy(), mha(query, value, use_causal_mask=True).numpy(), atol=1e-5)
+    query, value = random_case(rng, 2, 6, 6, 5, 5)
+    layer, mha = paired_layers(2, 4, 6, selector_config(selector), query, value)
+    per_head = rng.random((2, 2, 6, 6)) < 0.7
+    per_head[..., 0] = True
+    sparse_query = tf.sparse.from_dense(query)
+    np.testing.assert_allclose(layer(sparse_query, value, use_causal_mask=True).numpy(),
+                               mha(query, value, use_causal_mask=True).numpy(), atol=1e-5)
+    np.testing.assert_allclose(layer(sparse_query, value, attention_mask=per_head).numpy(),
+                               mha(query, value, attention_mask=per_head).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("selector", SELECTORS)
+def test_static_shapes_inside_tf_function_match_eager(selector):
+    rng = np.random.default_rng(27)
+    query, value = random_case(rng, 2, 4, 10, 6, 6)
+    layer = SparseDenseMultiHeadAttention(2, 4, 3, selector=selector_config(selector))
+    sparse_query = tf.sparse.from_dense(query)
+    eager = layer(sparse_query, value, return_attention_scores=True)
+    compiled = tf.function(lambda q, v: layer(q, v, return_attention_scores=True))(sparse_query, value)
+    np.testing.assert_allclose(compiled[0].numpy(), eager[0].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(compiled[2].numpy(), eager[2].numpy())
 
 
 def test_query_mask_propagates_to_the_output():
@@ -314,12 +335,12 @@ class FirstKeysSelector(sdattn.Selector):
         return {**super().get_config(), "reverse": self.reverse}
 
 
-@pytest.mark.parametrize("selector", BUILT_IN + ["custom"])
+@pytest.mark.parametrize("selector", SELECTORS + ["custom"])
 def test_keras_save_and_load_round_trip(selector, tmp_path):
     rng = np.random.default_rng(15)
     query, value = random_case(rng, 2, 4, 6, 5, 3)
     chosen = FirstKeysSelector() if selector == "custom" else (
-        {"name": "random", "seed": 3} if selector == "random" else selector)
+        selector_config(selector, seed=3))
     layer, restored_layer, inputs = check_save_load_round_trip(chosen, query, value, tmp_path / "model.keras")
     assert type(restored_layer.selector) is type(layer.selector)
     if selector == "custom":
@@ -374,7 +395,8 @@ def test_model_fit_lowers_the_loss_and_reaches_every_kernel():
     ({"value_dim": 1.5}, r"`value_dim`.*value_dim=1.5"),
     ({"output_shape": "wide"}, r"`output_shape`.*output_shape='wide'"),
     ({"output_shape": (2, 0.5)}, r"`output_shape`.*output_shape=\(2, 0.5\)"),
-    ({"selector": "nearest"}, r"`selector`.*\['dot', 'cosine', 'random', 'window', .*'ann'.*selector='nearest'"),
+    ({"output_shape": 8.0}, r"^Invalid `output_shape`.*Received: output_shape=8.0"),  # Keras MHA's test
+    ({"selector": "nearest"}, r"`selector`.*\['ann', 'cosine', 'dot', .*'window'\].*selector='nearest'"),
     ({"selector": 3}, r"`selector`.*selector=3"),
     ({"dropout": 1.5}, r"`dropout`.*dropout=1.5"),
 ])
@@ -418,12 +440,12 @@ def test_original_write_up_example_runs_and_is_finite():
     assert sorted(indices.numpy()[0, 0, 0]) == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("selector", BUILT_IN)
+@pytest.mark.parametrize("selector", SELECTORS)
 def test_unknown_lengths_inside_tf_function_match_eager(selector):
-    check_unknown_lengths_match_eager({"name": selector, "seed": 1} if selector == "random" else selector, seed=17)
+    check_unknown_lengths_match_eager(selector_config(selector), seed=17)
 
 
-@pytest.mark.parametrize("selector", BUILT_IN)
+@pytest.mark.parametrize("selector", SELECTORS)
 def test_projecting_only_selected_tokens_matches_reference(selector):
     # M·k (·H for per-head selectors) < N: the layer projects only the selected tokens.
     rng = np.random.default_rng(18)
@@ -433,7 +455,7 @@ def test_projecting_only_selected_tokens_matches_reference(selector):
     mha(query, value, key=key)
     layer = SparseDenseMultiHeadAttention(2, 4, 2, selector=selector, value_dim=3)
     layer(tf.sparse.from_dense(query), value, key=key)
-    layer.set_weights(mha.get_weights())
+    layer.set_weights(mha.get_weights() + layer.get_weights()[8:])  # selector weights stay
     value_mask = rng.random((2, 40)) < 0.5
     out, scores, indices = layer(tf.sparse.from_dense(query), value, key=key, value_mask=value_mask,
                                  return_attention_scores=True)
@@ -445,26 +467,30 @@ def test_projecting_only_selected_tokens_matches_reference(selector):
     assert (indices.numpy() >= 0).all()
 
 
-@pytest.mark.parametrize("selector", ["cosine", "random", "window", "ann"])
-@pytest.mark.parametrize("fold", [True, False], ids=["folded-kernels", "projected-tokens"])
+@pytest.mark.parametrize("selector", SHARED_SELECTORS)
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["fast-paths", "standard-path"])
 @pytest.mark.parametrize("keys", [40, 6], ids=["k<N", "k>=N"])
-def test_shared_selection_paths_match_reference(selector, fold, keys, monkeypatch):
-    # A shared selection is attended either with the key/value kernels folded into the query
-    # side, or by projecting the selected tokens: both must give the reference's numbers.
-    monkeypatch.setattr(SparseDenseMultiHeadAttention, "_should_fold", lambda self, *a: fold)
+def test_shared_selection_paths_match_reference(selector, fast_paths, keys):
+    # A shared selection is attended with the key/value kernels folded into the query side
+    # when that is cheaper (3 of 40 keys), else by projecting the selected tokens; with
+    # fast_paths=False always the latter. Every path must give the reference's numbers.
     rng = np.random.default_rng(19)
     query, value = random_case(rng, 2, 3, keys, 6, 6)
     key = rng.normal(size=(2, keys, 6)).astype("float32")
     mha = keras.layers.MultiHeadAttention(2, 4, value_dim=3, output_shape=5,
                                           bias_initializer=keras.initializers.RandomNormal(seed=3))
     mha(query, value, key=key)
-    chosen = {"name": selector, "seed": 2} if selector == "random" else selector
-    layer = SparseDenseMultiHeadAttention(2, 4, 3 if keys > 6 else 8, selector=chosen, value_dim=3, output_shape=5)
-    layer(tf.sparse.from_dense(query), value, key=key)
-    layer.set_weights(mha.get_weights())
+    chosen = selector_config(selector, seed=2)
+    layer = SparseDenseMultiHeadAttention(2, 4, 3 if keys > 6 else 8, selector=chosen, value_dim=3,
+                                          output_shape=5, fast_paths=fast_paths)
+    sparse_query = tf.sparse.from_dense(query)
+    layer(sparse_query, value, key=key)
+    layer.set_weights(mha.get_weights() + layer.get_weights()[8:])  # selector weights stay
+    expected_path = plan_lib.FOLDED if fast_paths and keys > 6 else plan_lib.STANDARD
+    assert layer.attention_plan(sparse_query, value, key).path == expected_path
     value_mask = rng.random((2, keys)) < 0.7
     value_mask[:, 0] = True
-    out, scores, indices = layer(tf.sparse.from_dense(query), value, key=key, value_mask=value_mask,
+    out, scores, indices = layer(sparse_query, value, key=key, value_mask=value_mask,
                                  use_causal_mask=keys == 6, return_attention_scores=True)
     mask = reference.combined_mask(2, 3, keys, key_mask=value_mask, use_causal_mask=keys == 6)
     ref_out, ref_scores = reference.selected_attention(query, value, mha.get_weights(), indices.numpy(),
@@ -476,19 +502,162 @@ def test_shared_selection_paths_match_reference(selector, fold, keys, monkeypatc
                                                     use_causal_mask=True).numpy(), atol=1e-5)
 
 
-def test_folded_path_is_chosen_for_sparse_selections_and_trains():
+def test_folded_path_is_chosen_for_sparse_selections_and_trains_like_the_standard_path():
     rng = np.random.default_rng(20)
+    query, value = random_case(rng, 2, 4, 64, 8, 8)
+    sparse_query = tf.sparse.from_dense(query)
+    gradients = {}
+    for fast_paths in (True, False):
+        layer = SparseDenseMultiHeadAttention(2, 4, 3, selector="cosine", fast_paths=fast_paths,
+                                              bias_initializer="random_normal")
+        layer(sparse_query, value)
+        weight_rng = np.random.default_rng(0)  # the same weights for both layers
+        layer.set_weights([weight_rng.normal(size=w.shape).astype(w.dtype) * 0.3 for w in layer.get_weights()])
+        plan = layer.attention_plan(sparse_query, value, training=True)
+        assert plan.path == (plan_lib.FOLDED if fast_paths else plan_lib.STANDARD)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(sparse_query, value, training=True) ** 2)
+        gradients[fast_paths] = tape.gradient(loss, layer.trainable_weights)
+    for folded, standard in zip(gradients[True], gradients[False]):
+        assert folded is not None and np.isfinite(folded.numpy()).all()
+        np.testing.assert_allclose(folded.numpy(), standard.numpy(), rtol=1e-4, atol=1e-5)
+    assert all(np.abs(g.numpy()).sum() > 0 for g in gradients[True])
+
+
+def test_folded_path_keeps_dropout_working():
+    rng = np.random.default_rng(24)
     query, value = random_case(rng, 2, 4, 64, 8, 8)
     layer = SparseDenseMultiHeadAttention(2, 4, 3, selector="cosine", dropout=0.3, seed=1)
     sparse_query = tf.sparse.from_dense(query)
-    layer(sparse_query, value)
-    calls = []
-    original = SparseDenseMultiHeadAttention._attend_folded
-    layer._attend_folded = lambda *a, **k: calls.append(1) or original(layer, *a, **k)
+    assert layer.attention_plan(sparse_query, value, training=True).path == plan_lib.FOLDED
     with tf.GradientTape() as tape:
         out = layer(sparse_query, value, training=True)
         loss = tf.reduce_sum(out ** 2)
     gradients = tape.gradient(loss, layer.trainable_weights)
-    assert calls, "a shared selection of 3 of 64 keys should fold the kernels"
     assert all(g is not None and np.isfinite(g.numpy()).all() for g in gradients)
-    assert all(np.abs(g.numpy()).sum() > 0 for g in gradients)
+    assert not np.allclose(out.numpy(), layer(sparse_query, value).numpy())  # dropout did act
+
+
+def test_dot_logits_from_selection_equal_recomputed_logits_and_the_reference():
+    """Inference reuses `dot`'s top-k scores as logits; training recomputes q·k. Both must give
+    the reference's attention over the same indices."""
+    rng = np.random.default_rng(21)
+    query, value = random_case(rng, 2, 12, 30, 6, 6)
+    value_mask = rng.random(value.shape[:2]) > 0.2
+    layer, mha = paired_layers(2, 4, 6, "dot", query, value)
+    sparse = tf.sparse.from_dense(query)
+    mask = reference.combined_mask(2, 12, 30, key_mask=value_mask)
+    for training in (None, True):
+        out, scores, indices = layer(sparse, value, value_mask=value_mask, return_attention_scores=True,
+                                     training=training)
+        ref_out, ref_scores = reference.selected_attention(query, value, mha.get_weights(), indices.numpy(),
+                                                           attention_mask=mask)
+        np.testing.assert_allclose(out.numpy(), ref_out, atol=1e-5)
+        np.testing.assert_allclose(scores.numpy(), ref_scores, atol=1e-5)
+
+
+def test_dot_gradients_are_the_same_with_and_without_reused_logits():
+    rng = np.random.default_rng(22)
+    query, value = random_case(rng, 2, 12, 30, 6, 6)
+    layer = SparseDenseMultiHeadAttention(2, 4, 6, selector="dot")
+    sparse = tf.sparse.from_dense(query)
+    layer(sparse, value)
+    gradients = {}
+    for training in (None, True):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(sparse, value, training=training) ** 2)
+        gradients[training] = tape.gradient(loss, layer.trainable_weights)
+    for reused, recomputed in zip(gradients[None], gradients[True]):
+        assert reused is not None and recomputed is not None
+        np.testing.assert_allclose(reused.numpy(), recomputed.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("selector", XLA_SELECTORS)
+def test_xla_compiles_the_layer_and_matches_the_reference(selector):
+    """Under jit_compile no Python kernel may run (cpu_top_k steps aside); hybrid streams several
+    blocks (block_size=7) here."""
+    rng = np.random.default_rng(23)
+    query, value = random_case(rng, 2, 12, 40, 6, 6)
+    config = selector_config(selector)
+    config = {**config, "block_size": 7} if isinstance(config, dict) else {"name": config, "block_size": 7}
+    layer, mha = paired_layers(2, 4, 6, config, query, value)
+    compiled = tf.function(lambda q, v: layer(q, v, return_attention_scores=True), jit_compile=True)
+    output, scores, indices = compiled(tf.constant(query), tf.constant(value))
+    ref_out, ref_scores = reference.selected_attention(query, value, mha.get_weights(), indices.numpy())
+    np.testing.assert_allclose(output.numpy(), ref_out, atol=1e-5)
+    np.testing.assert_allclose(scores.numpy(), ref_scores, atol=1e-5)
+    if selector != "random":  # XLA may pick another stateless RNG algorithm: other keys, as valid
+        _, _, eager_indices = layer(query, value, return_attention_scores=True)
+        np.testing.assert_array_equal(indices.numpy(), eager_indices.numpy())
+
+
+def _plan(**overrides):
+    settings = dict(num_queries=512, num_keys=4096, key_features=256, value_features=256, num_heads=8,
+                    key_dim=32, value_dim=32, top_k=32, per_head=False, scores_are_logits=False,
+                    selects_outside_tf=False, cpu_top_k_available=True)
+    return plan_lib.plan_attention(**{**settings, **overrides})
+
+
+def test_attention_plan_choices():
+    # Shared selection of 32 of 4,096 keys: folding (H·D per slot) beats projecting 32 tokens per query.
+    assert _plan().path == plan_lib.FOLDED
+    assert _plan().cpu_top_k and not _plan().waits_for_selection
+    # Per-head dot at inference reuses its scores; training recomputes q·k (no gradient through top-k).
+    dot = dict(per_head=True, scores_are_logits=True)
+    assert _plan(**dot).path == plan_lib.REUSED_LOGITS and _plan(**dot).selection_heads == 8
+    assert _plan(**dot, training=True).path == plan_lib.STANDARD
+    # A per-head attention mask makes every selection per head: no folding.
+    assert _plan(mask_heads=8).selection_heads == 8 and _plan(mask_heads=8).path == plan_lib.STANDARD
+    # Unknown sizes: nothing to compare costs with.
+    assert _plan(num_keys=None).path == plan_lib.STANDARD and _plan(num_keys=None).slots == 32
+    # k >= N with few queries: projecting all N tokens once is cheaper than folding.
+    small = dict(num_queries=3, num_keys=6, top_k=8, key_dim=4, value_dim=3)
+    assert _plan(**small).path == plan_lib.STANDARD and _plan(**small).slots == 6
+    # The switch, and an overridden `_compute_attention`, give the standard path in TF ops.
+    assert _plan(fast_paths=False) == _plan(**dot, fast_paths=False).__class__(
+        path=plan_lib.STANDARD, slots=32, selection_heads=1, project_selected=False, cpu_top_k=False,
+        waits_for_selection=False)
+    assert _plan(**dot, custom_attention=True).path == plan_lib.STANDARD
+    assert _plan(selects_outside_tf=True).waits_for_selection
+    assert not _plan(selects_outside_tf=True, eager=True).waits_for_selection
+    assert _plan(num_queries=2, num_keys=4096).project_selected  # 2·32 slots < 4,096 tokens
+
+
+def test_overridden_compute_attention_sees_every_call_and_still_matches_keras():
+    calls = []
+
+    class Custom(SparseDenseMultiHeadAttention):
+        def _compute_attention(self, query, *args, **kwargs):
+            calls.append(query.shape)
+            return super()._compute_attention(query, *args, **kwargs)
+
+    rng = np.random.default_rng(25)
+    query, value = random_case(rng, 2, 4, 64, 8, 8)
+    mha = keras.layers.MultiHeadAttention(2, 4)
+    mha(query, value)
+    for selector in ("cosine", "dot"):  # would fold / reuse logits without the override
+        layer = Custom(2, 4, 64, selector=selector)
+        layer(tf.sparse.from_dense(query), value)
+        layer.set_weights(mha.get_weights() + layer.get_weights()[8:])  # selector weights stay
+        calls.clear()
+        np.testing.assert_allclose(layer(tf.sparse.from_dense(query), value).numpy(),
+                                   mha(query, value).numpy(), atol=1e-5)
+        assert calls, selector
+
+
+def test_fast_paths_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"`fast_paths`.*Received: fast_paths='no'"):
+        SparseDenseMultiHeadAttention(2, 4, 3, fast_paths="no")
+
+
+def test_selector_returning_per_head_indices_without_per_head_is_an_error():
+    class Wrong(sdattn.Selector):
+        def select(self, context, k):
+            return tf.zeros(tf.stack([tf.shape(context.key)[0], context.num_heads, context.num_queries, k]),
+                            tf.int32)
+
+    rng = np.random.default_rng(26)
+    query, value = random_case(rng, 1, 3, 8, 4, 4)
+    layer = SparseDenseMultiHeadAttention(2, 4, 3, selector=Wrong())
+    with pytest.raises(ValueError, match=r"`per_head = False`.*Received: shape=\(1, 2, 3, 3\)"):
+        layer(query, value)

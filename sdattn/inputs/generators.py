@@ -723,12 +723,13 @@ def _generate_variable_length(
 @_generator("config_p")
 def _generate_config_p(
     rng, batch_size=2, num_queries=512, num_keys=4096, dim=256, num_topics=256,
-    nonzeros_per_query=8, key_noise=0.5,
+    nonzeros_per_query=8, key_noise=0.5, query_noise=0.5,
 ) -> Example:
-    """Benchmark "Config P": keys around random topic centres, queries = sparsified centres.
+    """Benchmark "Config P": keys around random topic centres, queries = noisy sparsified centres.
 
     Keys are `centre + key_noise * Gaussian`, L2-normalised, around `num_topics` standard Gaussian
-    centres. Each query is a random topic's centre cut to its `nonzeros_per_query`
+    centres. Each query is a random topic's centre plus `query_noise * Gaussian` (so no two
+    queries are equal, as real queries rarely are), cut to its `nonzeros_per_query`
     largest-magnitude features, then L2-normalised (about 3% density at the defaults). Built in
     float32 chunks, so N=1,048,576 needs little beyond the keys themselves.
 
@@ -740,7 +741,8 @@ def _generate_config_p(
         dim: Dq = D (256).
         num_topics: topic centres (256).
         nonzeros_per_query: stored features per query (8).
-        key_noise: Gaussian noise scale around the centres (0.5).
+        key_noise: Gaussian noise scale of the keys around the centres (0.5).
+        query_noise: Gaussian noise scale of the queries around the centres (0.5).
 
     Returns:
         The example; metadata["query_topics"] holds each query's topic; no ground truth.
@@ -757,6 +759,7 @@ def _generate_config_p(
             f"dim={dim}. Received: nonzeros_per_query={nonzeros}"
         )
     key_noise = _float_param("key_noise", key_noise, low=0.0, high=1e6)
+    query_noise = _float_param("query_noise", query_noise, low=0.0, high=1e6)
     centres = rng.standard_normal((num_topics, dim), dtype=np.float32)
     value = np.empty((batch_size, num_keys, dim), dtype=np.float32)
     chunk = 65_536  # rows per step: bounds the temporaries to ~64 MB at D=256
@@ -771,6 +774,7 @@ def _generate_config_p(
             value[batch, start:stop] = block
     query_topics = rng.integers(0, num_topics, size=(batch_size, num_queries))
     chosen = centres[query_topics]  # [B, M, D]
+    chosen += np.float32(query_noise) * rng.standard_normal(chosen.shape, dtype=np.float32)
     support = np.sort(np.argpartition(-np.abs(chosen), nonzeros - 1, axis=-1)[..., :nonzeros], axis=-1)
     kept = np.take_along_axis(chosen, support, axis=-1)  # [B, M, s]
     kept /= np.linalg.norm(kept, axis=-1, keepdims=True)

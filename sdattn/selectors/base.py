@@ -6,20 +6,12 @@ import math
 import keras
 import tensorflow as tf
 
-from sdattn import distinct as distinct_lib
+from sdattn import budgets
 from sdattn.selectors.top_k import masked_scores, streamed_top_k
 
 _REGISTRY = {}
 _DESCRIPTIONS = {}
 
-# Scores of about 16 M float32 (64 MB) per batch item and block keep selection memory bounded
-# at large N.
-_BLOCK_ELEMENTS = 2**24
-# Per-head selectors get 4× that (256 MB per batch item): each block costs a top-k and a merge
-# over H·M rows, each with a cost per row, so small blocks are slow. Measured for exact `dot` on
-# Config P at N = 65,536 (B·H·M = 8,192 rows): with TF's top_k, 1,032 ms with blocks of 4,096
-# keys and 511 ms with 16,384 (Keras MHA: 503 ms); with `cpu_top_k`'s kernel, 294 and 213 ms.
-_PER_HEAD_BLOCK_ELEMENTS = 2**26
 
 
 def register_selector(name, description):
@@ -41,8 +33,8 @@ def register_selector(name, description):
 
 
 def available_selectors():
-    """Returns the registered selector names, in registration order."""
-    return list(_REGISTRY)
+    """Returns the registered selector names, sorted by name (built-in and user-registered)."""
+    return sorted(_REGISTRY)
 
 
 def selector_descriptions():
@@ -105,13 +97,15 @@ class SelectionContext:
         mask: the `AttentionMask` of this call.
         num_heads: H.
         num_queries: M (Python int when static).
-        max_queries: a static upper bound of M (Python int), or None: for block sizes when M is
-            only known at run time (the distinct rows of a batch are at most its rows).
+        max_queries: M as a Python int when static, else None (block sizes need a number).
         num_keys: N (Python int when static).
         training: the Keras training flag.
+        cpu_top_k: whether exact top-k may use the compiled CPU kernel (the layer's plan
+            decides; pass it to `streamed_top_k` / `masked_top_k` as `cpu_kernel`).
     """
 
-    def __init__(self, query, key, projected_query, project_key, mask, num_heads, training=None):
+    def __init__(self, query, key, projected_query, project_key, mask, num_heads, training=None,
+                 cpu_top_k=False):
         self.query = query
         self.key = key
         self.projected_query = projected_query
@@ -120,12 +114,11 @@ class SelectionContext:
         self.mask = mask
         self.num_heads = num_heads
         self.training = training
+        self.cpu_top_k = cpu_top_k
         self.num_queries = query.shape[1] if query.shape[1] is not None else tf.shape(query)[1]
         self.max_queries = query.shape[1]
         self.num_keys = key.shape[1] if key.shape[1] is not None else tf.shape(key)[1]
         self.cache = {}
-        self._dense_query = None  # set by `allow_distinct`
-        self._distinct = None
 
     @property
     def projected_key(self):
@@ -141,48 +134,6 @@ class SelectionContext:
     @property
     def is_sparse(self):
         return isinstance(self.query, tf.SparseTensor)
-
-    def allow_distinct(self, dense_query):
-        """Lets `distinct()` share work between equal rows of `dense_query` `[B, M, Dq]` (the
-        layer calls this when no mask tells equal rows apart)."""
-        self._dense_query = dense_query
-
-    def distinct(self):
-        """`(rows, context)` to compute a row-wise part of a selection once per distinct query
-        row (`rows.expand` copies results back), or None when rows may not be shared here.
-
-        The layer already does this for `row_wise` selectors; a selector that is row-wise only
-        in part (`hybrid`'s dot part) calls it itself. Computed once per call.
-        """
-        if self._dense_query is None:
-            return None
-        if self._distinct is None:
-            rows = distinct_lib.distinct_rows(self._dense_query)
-            self._distinct = (rows, self.restricted_to(rows.representatives, self._dense_query))
-        return self._distinct
-
-    def restricted_to(self, rows, dense_query):
-        """The context of some query rows only, for selecting once per distinct row.
-
-        The query becomes the dense rows `rows` of `dense_query`; the keys, their lazy
-        projection (shared, so it is still computed at most once) and the key mask stay
-        (`AttentionMask.for_distinct_rows`): a masked row's slots are marked invalid by the
-        layer anyway, and an equal unmasked row must still get its real selection.
-
-        Args:
-            rows: int32 `[B, U]` row positions in each batch item.
-            dense_query: float `[B, M, Dq]`, the query as a dense tensor.
-
-        Returns:
-            A `SelectionContext` with U query rows.
-        """
-        query = tf.gather(dense_query, rows, batch_dims=1)  # [B, U, Dq]
-        projected_query = tf.gather(self.projected_query, rows, batch_dims=1)  # [B, U, H, kd]
-        distinct = SelectionContext(query, self.key, projected_query, lambda: self.projected_key,
-                                    self.mask.for_distinct_rows(tf.shape(rows)[1]), self.num_heads,
-                                    training=self.training)
-        distinct.max_queries = self.max_queries
-        return distinct
 
 
 class Selector(keras.layers.Layer):
@@ -216,13 +167,9 @@ class Selector(keras.layers.Layer):
 
     #: Whether each head selects its own keys (True) or all heads share one selection.
     per_head = False
-    #: Whether a row's selection and `attention_bias` depend only on that row's content (and
-    #: the keys), not on its position or on other rows: the layer then selects and attends
-    #: once per distinct query row.
-    row_wise = False
     #: Whether the selection runs outside TF's thread pools (a `tf.numpy_function`, as `ann`'s
     #: Faiss search): the layer then starts attention after it, instead of letting TF's threads
-    #: compete with it for the cores (measured 0.8 ms faster of 10 ms per call for `ann`).
+    #: compete with it for the cores, which stalls the search's own threads.
     selects_outside_tf = False
     #: Whether `scores` are exactly the attention logits q·k of the layer (projected, scaled
     #: query times projected key): `select_scored` then hands them to the layer.
@@ -275,7 +222,8 @@ class Selector(keras.layers.Layer):
             return tf.ensure_shape(indices, static_shape.concatenate([k]))  # [B, S, M, k]
         return streamed_top_k(
             lambda start, stop: masked_scores(self.scores(context, start, stop), context.mask.block(start, stop)),
-            num_keys, self._block_size(context, k), k, return_values=return_values)
+            num_keys, self._block_size(context, k), k, return_values=return_values,
+            cpu_kernel=context.cpu_top_k)
 
     def _block_size(self, context, k):
         """Keys per block: `block_size`, else a score budget per batch item over the rows."""
@@ -283,8 +231,8 @@ class Selector(keras.layers.Layer):
             return max(int(self.block_size), 1)
         num_queries = context.max_queries or 1024
         if self.per_head:
-            return max(k, _PER_HEAD_BLOCK_ELEMENTS // max(num_queries * context.num_heads, 1))
-        return max(k, _BLOCK_ELEMENTS // max(num_queries, 1))
+            return max(k, budgets.PER_HEAD_BLOCK_ELEMENTS // max(num_queries * context.num_heads, 1))
+        return max(k, budgets.BLOCK_ELEMENTS // max(num_queries, 1))
 
     def attention_bias(self, context, indices):
         """Optional additive term for the logits of the selected slots, `[B, S, M, k]`, or None."""

@@ -5,7 +5,8 @@ import math
 
 import tensorflow as tf
 
-from sdattn.selectors.base import _BLOCK_ELEMENTS, Selector, register_selector
+from sdattn import budgets
+from sdattn.selectors.base import Selector, register_selector
 
 
 def _row_l2_norm(x, axis=-1):
@@ -34,17 +35,15 @@ class CosineSelector(Selector):
     rows with the raw key rows, so it needs no key projection at all; otherwise it compares the
     head-averaged projected query and key. A sparse query is scored through
     `tf.sparse.sparse_dense_matmul` below `sparse_density` non-zero density and through a dense
-    matmul above it: on CPU the sparse kernel costs about 100× more per multiply-add (measured:
-    210 ms sparse vs 53 ms dense at 3% density, N = 16,384), so dense wins down to ~1%.
+    matmul above it: on the CPU the sparse kernel costs far more per multiply-add, so dense
+    wins down to about 1% density (benchmarks/NOTES.md, "Sparse or dense query").
 
     Args:
         epsilon: added to norms so that all-zero rows score 0, not NaN.
         sparse_density: query density below which the sparse matmul is used.
     """
 
-    row_wise = True
-
-    def __init__(self, epsilon=1e-9, sparse_density=0.01, **kwargs):
+    def __init__(self, epsilon=1e-9, sparse_density=budgets.SPARSE_SCORING_DENSITY, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
         self.sparse_density = sparse_density
@@ -76,7 +75,7 @@ class CosineSelector(Selector):
             row_scale = 1.0 / (tf.gather_nd(norms, query.indices[:, :2]) + tf.constant(self.epsilon, norms.dtype))  # [nnz]
             query = tf.SparseTensor(query.indices, query.values * row_scale, query.dense_shape)
             static_size = math.prod(d or 0 for d in query.shape)
-            if static_size > _BLOCK_ELEMENTS or self.sparse_density <= 0:
+            if static_size > budgets.DENSIFY_ELEMENTS or self.sparse_density <= 0:
                 prepared = ("sparse", query)  # densifying could need a lot of memory
             elif tf.executing_eagerly():
                 density = float(tf.size(query.values)) / max(float(tf.reduce_prod(query.dense_shape)), 1.0)

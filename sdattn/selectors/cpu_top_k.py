@@ -1,11 +1,10 @@
 """Exact top-k over long rows on the CPU, with a compiled kernel instead of `tf.math.top_k`.
 
-TF's CPU top-k pushes every element of a row through a heap: about 19 µs of one core per row
-of 4,096 scores with k = 32 on this project's machines, which made exact per-head selection
-(`dot`: B·H·M rows) cost more than the whole of Keras' dense attention at N = 4,096. The
-kernel (`top_k_kernel.top_k_rows`) reads each row once, keeps only the scores above a cheap
-lower bound on the k-th largest, and sorts those: about 3.8 µs per such row, with the same
-result, ties included (measured 3× to 15× less core time than TF from k = 128 to n = 16,384).
+TF's CPU top-k pushes every element of a row through a heap, which made exact per-head
+selection (`dot`: B·H·M rows) cost more than the whole of Keras' dense attention at N = 4,096.
+The kernel (`top_k_kernel.top_k_rows`) reads each row once, keeps only the scores above a cheap
+lower bound on the k-th largest, and sorts those, with the same result, ties included
+(per-row costs against TF's: benchmarks/NOTES.md, "CPU top-k").
 
 It runs outside TF's graph (through `tf.numpy_function` in a `tf.function`), so it is used
 only where that costs nothing: TF on the CPU, no XLA compilation, float32 or float64 scores.
@@ -24,15 +23,15 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from sdattn import distinct, workers
+from sdattn import workers
 
 # Below k·4 keys a row is short enough that TF's top_k costs little.
 _MIN_KEYS_PER_SLOT = 4
 # Rows per thread below which splitting the rows over threads costs more than it saves.
 _MIN_ROWS_PER_THREAD = 64
-# Up to this many scores per call, a stable NumPy argsort ranks them instead (about 0.4 ms at
-# 16K scores): small inputs, such as the app's defaults, then never load Numba, whose first
-# call in a process takes 0.4 s (2.4 s when it compiles, once per install).
+# Up to this many scores per call, a stable NumPy argsort ranks them instead (well under a
+# millisecond): small inputs, such as the app's defaults, then never load Numba, whose first
+# call in a process costs far more than that (seconds when it compiles, once per install).
 _SORT_MAX_SCORES = 2**14
 
 _enabled = os.environ.get("SDATTN_CPU_TOP_K", "1") != "0"
@@ -70,6 +69,13 @@ def _kernel():
     return top_k_kernel.top_k_rows
 
 
+def available():
+    """Whether the kernel may run in the graph being built (or eagerly): enabled, Numba
+    installed, TF sees no GPU (whose own top-k is fast), and no XLA compilation (which cannot
+    call Python)."""
+    return _enabled and not _tf_sees_gpu() and not in_xla_context() and _numba_installed()
+
+
 def applies(scores, k):
     """Whether `top_k` should replace TF's top-k for these scores.
 
@@ -83,15 +89,26 @@ def applies(scores, k):
         built will not be compiled by XLA (which cannot call Python).
     """
     num_keys = scores.shape[-1] if scores.shape.rank else None
-    return (_enabled and num_keys is not None and num_keys >= _MIN_KEYS_PER_SLOT * k
-            and scores.dtype in (tf.float32, tf.float64) and not _tf_sees_gpu()
-            and not distinct.in_xla_context() and _numba_installed())
+    return (num_keys is not None and num_keys >= _MIN_KEYS_PER_SLOT * k
+            and scores.dtype in (tf.float32, tf.float64) and available())
+
+
+def in_xla_context():
+    """Whether the graph being built will be compiled by XLA (`jit_compile=True`), which
+    cannot call Python (`tf.numpy_function`)."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TF without the helper: assume no XLA
+        return False
+    if tf.executing_eagerly():
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
 def _num_groups(num_keys, k):
     """G for the kernel: k buckets of the power of two groups at or above sqrt(n / k) each,
-    never more than n groups. Measured best (single thread, random rows) from n = 1,024 to
-    65,536 and k = 8 to 128: at n = 4,096, k = 32 that is 512 groups, 3.8 µs per row."""
+    never more than n groups: at n = 4,096, k = 32 that is 512 groups. This size measured
+    best from n = 1,024 to 65,536 and k = 8 to 128 (benchmarks/NOTES.md, "CPU top-k")."""
     per_bucket = 2 ** max(0, math.ceil(math.log2(math.sqrt(num_keys / k))))
     return k * min(per_bucket, num_keys // k)
 

@@ -15,7 +15,6 @@ class DotSelector(Selector):
     """
 
     per_head = True
-    row_wise = True
     scores_are_logits = True
 
     def scores(self, context, start, stop):

@@ -2,20 +2,13 @@
 Window keys come first; dot fills the remaining slots with the best keys the window did not take."""
 
 import math
-import numbers
 
 import tensorflow as tf
 
+from sdattn import arguments, budgets
 from sdattn.selectors.base import Selector, register_selector
 from sdattn.selectors.top_k import streamed_top_k
 from sdattn.selectors.window import WindowSelector
-
-# Up to this many (key, taken key) comparisons in one block, the dot part ranks the window's
-# keys last while scoring; above it, or over several blocks, it fetches w more keys and drops
-# the taken ones afterwards. On Config P (B·M = 1,024, w = 16): 55 ms vs 74 ms for the layer at
-# N = 4,096 (2^26 comparisons), 250 ms vs 141 ms at N = 16,384.
-_TAKEN_COMPARISONS = 2**26
-
 
 @register_selector("hybrid", "A window of local keys plus the best remaining keys by q·k, per head.")
 class HybridSelector(Selector):
@@ -38,13 +31,9 @@ class HybridSelector(Selector):
     per_head = True
 
     def __init__(self, window_fraction=0.5, block_size=None, **kwargs):
-        if (isinstance(window_fraction, bool) or not isinstance(window_fraction, numbers.Real)
-                or not 0.0 <= window_fraction <= 1.0):
-            raise ValueError(
-                "Received an invalid value for argument `window_fraction`, expected a float in "
-                f"[0, 1]. Received: window_fraction={window_fraction!r}")
+        window_fraction = arguments.real("window_fraction", window_fraction, low=0, high=1)
         super().__init__(block_size=block_size, **kwargs)
-        self.window_fraction = float(window_fraction)
+        self.window_fraction = window_fraction
         self._window = WindowSelector(block_size=block_size)
 
     def build(self, query_shape=None, key_shape=None, num_heads=None, key_dim=None):
@@ -109,20 +98,16 @@ class HybridSelector(Selector):
         block_size = self._block_size(context, k)
         comparisons = (math.prod(d or 0 for d in taken.shape[:-1]) * taken.shape[-1] * min(block_size, num_keys)
                        if taken is not None else 0)
-        shared = context.distinct()  # equal rows: the same dot candidates (only `taken` differs)
-        if taken is None or (shared is None and block_size >= num_keys and comparisons <= _TAKEN_COMPARISONS):
+        if taken is None or (block_size >= num_keys and comparisons <= budgets.HYBRID_TAKEN_COMPARISONS):
             # One block: rank the window's keys last while scoring (cheapest at small N).
             return streamed_top_k(lambda start, stop: self._ranked_block(context, start, stop, taken),
-                                  num_keys, block_size, slots)
+                                  num_keys, block_size, slots, cpu_kernel=context.cpu_top_k)
         # Fetch the best slots + w keys ignoring the window's, then drop the (at most w) taken
         # ones: the first `slots` left are the best untaken keys, in the same order as ranking
         # taken keys last, without comparing every key of every block with the w taken ones.
         fetched = min(slots + taken.shape[-1], num_keys)
-        rows, scored = shared if shared is not None else (None, context)
-        candidates = streamed_top_k(lambda start, stop: self._ranked_block(scored, start, stop, None),
-                                    num_keys, block_size, fetched)  # [B, H, M|U, f]
-        if rows is not None:
-            candidates = rows.expand(candidates)  # [B, H, U, f] → [B, H, M, f]
+        candidates = streamed_top_k(lambda start, stop: self._ranked_block(context, start, stop, None),
+                                    num_keys, block_size, fetched, cpu_kernel=context.cpu_top_k)  # [B, H, M, f]
         taken = tf.cast(taken, candidates.dtype)  # [B, 1|H, M, w]
         is_taken = tf.reduce_any(tf.equal(candidates[..., :, None], taken[..., None, :]), axis=-1)  # [B, H, M, f]
         # The j-th untaken candidate goes to slot j (j < slots; there are at least `slots`):

@@ -1,11 +1,11 @@
 """The `learned` selector: a trainable low-rank relevance scorer that ranks keys and biases their logits.
 It starts as head-averaged `dot` selection with a zero logit term, so training moves selection and attention together."""
 
-import numbers
 
 import keras
 import tensorflow as tf
 
+from sdattn import arguments
 from sdattn.selectors.base import Selector, register_selector
 
 
@@ -52,15 +52,10 @@ class LearnedSelector(Selector):
         block_size: keys scored per block (see `Selector`).
     """
 
-    row_wise = True
-
     def __init__(self, rank=8, seed=None, block_size=None, **kwargs):
-        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank <= 0:
-            raise ValueError(
-                "Received an invalid value for argument `rank`, expected a positive integer. "
-                f"Received: rank={rank!r}")
+        rank = arguments.positive_int("rank", rank)
         super().__init__(block_size=block_size, **kwargs)
-        self.rank = int(rank)
+        self.rank = rank
         self.seed = seed
 
     def build(self, query_shape=None, key_shape=None, num_heads=None, key_dim=None):

@@ -1,12 +1,10 @@
 """The `lsh` selector: random-hyperplane hashing (SimHash, as in Reformer), seeded and shared by all heads.
 A query sees the keys of its own bucket first, ranked by cosine, then the keys of the nearest buckets."""
 
-import numbers
-
 import numpy as np
 import tensorflow as tf
 
-from sdattn.arguments import positive_int
+from sdattn import arguments
 from sdattn.selectors.base import register_selector
 from sdattn.selectors.cosine import CosineSelector
 
@@ -49,14 +47,11 @@ class LSHSelector(CosineSelector):
     """
 
     def __init__(self, num_bits=8, num_tables=1, seed=None, epsilon=1e-9, block_size=None, **kwargs):
-        num_bits = positive_int("num_bits", num_bits, maximum=64)
-        num_tables = positive_int("num_tables", num_tables)
+        num_bits = arguments.positive_int("num_bits", num_bits, maximum=64)
+        num_tables = arguments.positive_int("num_tables", num_tables)
+        seed = arguments.integer("seed", seed, minimum=0, allow_none=True)
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
-        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(
-                "Received an invalid value for argument `seed`, expected a non-negative integer "
-                f"or None. Received: seed={seed!r}")
         super().__init__(epsilon=epsilon, block_size=block_size, **kwargs)
         self.num_bits = num_bits
         self.num_tables = num_tables

@@ -8,8 +8,8 @@ import tensorflow as tf
 from sdattn.selectors import cpu_top_k
 
 # Blocks reduced to their top-k before they are merged into the running top-k: one top-k over
-# (8 + 1)·k columns instead of eight over 2·k. Measured for `cosine` on Config P at N = 1M (64
-# blocks of 16K keys): 1,182 ms merging after every block, 1,094 ms merging every 8 blocks.
+# (8 + 1)·k columns costs less than eight over 2·k, each with its fixed cost per row, and the
+# pending blocks hold only 8·k columns per row (benchmarks/NOTES.md, "Merging blocks").
 _MERGE_EVERY = 8
 
 
@@ -60,7 +60,7 @@ def masked_scores(scores, mask):
     return tf.where(mask, scores, tf.constant(-math.inf, scores.dtype))
 
 
-def streamed_top_k(block_scores, num_keys, block_size, k, return_values=False):
+def streamed_top_k(block_scores, num_keys, block_size, k, return_values=False, cpu_kernel=True):
     """Exact top-k over keys `[0, num_keys)` scored one block at a time, with a running merge.
 
     Memory stays O(M·k·_MERGE_EVERY + block) whatever N is: each block is reduced to its top-k
@@ -74,6 +74,7 @@ def streamed_top_k(block_scores, num_keys, block_size, k, return_values=False):
         block_size: keys per block.
         k: Python int, at most `num_keys`.
         return_values: also return the selected scores.
+        cpu_kernel: allow the compiled CPU top-k (see `masked_top_k`).
 
     Returns:
         int32 `[B, S, M, k]` key positions, by decreasing score; with `return_values`,
@@ -88,28 +89,28 @@ def streamed_top_k(block_scores, num_keys, block_size, k, return_values=False):
         # blocks' scores before reducing any, and memory would grow with N after all.
         with tf.control_dependencies(pending_values[-1:]):
             scores = block_scores(start, stop)
-        values, indices = masked_top_k(scores, min(k, stop - start))
+        values, indices = masked_top_k(scores, min(k, stop - start), cpu_kernel=cpu_kernel)
         pending_values.append(values)
         pending_indices.append(indices + start)
         if len(pending_values) > _MERGE_EVERY:
-            best_values, best_indices = _merged_top_k(pending_values, pending_indices, k)
+            best_values, best_indices = _merged_top_k(pending_values, pending_indices, k, cpu_kernel)
             pending_values, pending_indices = [best_values], [best_indices]
-    best_values, best_indices = _merged_top_k(pending_values, pending_indices, k)
+    best_values, best_indices = _merged_top_k(pending_values, pending_indices, k, cpu_kernel)
     return (best_values, best_indices) if return_values else best_indices
 
 
-def _merged_top_k(values, indices, k):
+def _merged_top_k(values, indices, k, cpu_kernel=True):
     """The top-k of several `[B, S, M, k_i]` (values, key positions) pairs, concatenated in key
     order: `(values, positions)`, `[B, S, M, min(k, Σ k_i)]` each."""
     if len(values) == 1:
         return values[0], indices[0]
     merged_values = tf.concat(values, axis=-1)  # [B, S, M, Σ k_i]
     merged_indices = tf.concat(indices, axis=-1)  # [B, S, M, Σ k_i]
-    best_values, order = masked_top_k(merged_values, min(k, merged_values.shape[-1]))
+    best_values, order = masked_top_k(merged_values, min(k, merged_values.shape[-1]), cpu_kernel=cpu_kernel)
     return best_values, tf.gather(merged_indices, order, batch_dims=3)
 
 
-def masked_top_k(scores, k, mask=None):
+def masked_top_k(scores, k, mask=None, cpu_kernel=True):
     """Top-k key positions per row, never preferring a masked key over an allowed one.
 
     A pure function: masked keys score `-inf`, so they fill slots only when fewer than k keys
@@ -119,6 +120,7 @@ def masked_top_k(scores, k, mask=None):
         scores: float `[B, S, M, n]` relevance scores.
         k: Python int, at most n.
         mask: bool tensor broadcastable to `scores`, or None.
+        cpu_kernel: allow `cpu_top_k`'s compiled kernel where it applies (False: TF ops only).
 
     Returns:
         `(values, indices)`, each `[B, S', M, k]` (S' = S broadcast with the mask's heads);
@@ -128,6 +130,6 @@ def masked_top_k(scores, k, mask=None):
     scores = masked_scores(scores, mask)
     if scores.shape[-1] is None:
         return tf.math.top_k(scores, k=k)
-    if cpu_top_k.applies(scores, k):
+    if cpu_kernel and cpu_top_k.applies(scores, k):
         return cpu_top_k.top_k(scores, k)
     return grouped_top_k(scores, k)

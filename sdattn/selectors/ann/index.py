@@ -3,7 +3,6 @@ Shared by all heads; one index per key set, cached by content, searched outside 
 
 import collections
 import math
-import numbers
 import threading
 import time
 import warnings
@@ -12,18 +11,10 @@ import numpy as np
 import xxhash
 import tensorflow as tf
 
-from sdattn import workers
-from sdattn.arguments import invalid_value
+from sdattn import budgets, workers
+from sdattn import arguments
 from sdattn.selectors.base import Selector, register_selector
 from sdattn.selectors.cosine import CosineSelector
-
-# Rows normalised and added to an index per step: bounds the temporary copy to 64 MB at D=256.
-_ADD_CHUNK_ROWS = 65_536
-# Score elements per step of the exact fallback (16 M float32 = 64 MB).
-_EXACT_BLOCK_ELEMENTS = 2**24
-# Above this many bytes of float32 vectors, "auto" storage keeps 8-bit codes instead (4× less
-# memory) and the exact re-scoring of the candidates recovers the ranking.
-_AUTO_FLAT_BYTES = 2**28
 
 _METRICS = ("cosine", "ip")
 _INDEX_TYPES = ("ivf", "hnsw", "exact")
@@ -38,21 +29,6 @@ def _faiss():
     import faiss
 
     return faiss
-
-
-def _check_int(argument, value, minimum, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        expected = f"an integer >= {minimum}" + (" or None" if allow_none else "")
-        raise invalid_value(argument, expected, value)
-    return int(value)
-
-
-def _check_choice(argument, value, choices):
-    if value not in choices:
-        raise invalid_value(argument, f"one of {list(choices)}", value)
-    return value
 
 
 def _gpu_resource():
@@ -127,8 +103,8 @@ class _IndexCache:
 def _fingerprint(keys, key_valid):
     """A content hash of one batch item's keys (and key mask), cheap enough to take every call.
 
-    XXH3-128 over every byte (about 0.5 ms per 16 MB here, five times faster than CRC-32), the
-    shape and dtype, and the key mask: any change to any key finds a different index.
+    XXH3-128 (memory-bandwidth bound, unlike CRC-32) over every byte, the shape and dtype, and
+    the key mask: any change to any key finds a different index.
     """
     keys = np.ascontiguousarray(keys)
     digest = xxhash.xxh3_128()
@@ -193,27 +169,27 @@ class AnnSelector(Selector):
             query, comparing it with every list's centroid (nlist·D) and scanning the keys of
             a probed list (n/nlist·D).
         nprobe: IVF lists searched per query; None gives the largest of ceil(nlist / 256)
-            and ceil(4·k·nlist / n) (lists holding about 4·k keys). On Config P (recall@32
-            against exact cosine): 1 of 128 lists at 16K keys (0.967), 1 of 256 at 64K
-            (0.962), 4 of 1,024 at 1M (0.968, where 1 gives only 0.51: its 256 topics span
-            several lists each). A row whose probed lists hold fewer than k keys (lists are
-            uneven) is searched again with 4× the lists.
+            and ceil(4·k·nlist / n) (lists holding about 4·k keys): enough at large N, where
+            a topic spans several lists (recall on Config P: benchmarks/NOTES.md). A row whose
+            probed lists hold fewer than k keys (lists are uneven) is searched again with 4×
+            the lists.
         ef_search: HNSW search breadth; None gives max(64, 2·k).
         hnsw_neighbors: HNSW graph degree (Faiss's M).
         exact_threshold: at most this many valid keys, search exactly: an index would not
             be faster, and k-means needs data to train. With the cosine metric and a static
             N at most this, the exact search stays in TF (the `cosine` selector's streamed
-            top-k: 16 ms for the whole layer at N = 4,096 on Config P where Faiss's exact
-            search alone took 12 ms); otherwise Faiss searches an `IndexFlatIP`.
+            top-k, which needs no copy out of TF and no index); otherwise Faiss searches an
+            `IndexFlatIP`.
         storage: `"flat"` (float32 vectors), `"sq8"` (8-bit codes, 4× smaller) or `"auto"`
             (flat up to 256 MB of vectors per batch item, sq8 above: N = 1M at D = 256 fits
             in 256 MB per item instead of 1 GB).
         oversample: with masks to filter or 8-bit codes to re-score, fetch ceil(k·oversample)
             candidates instead of k.
-        train_points_per_centroid: IVF k-means trains on at most this many keys per list;
-            32 keeps the whole build at 1M keys under a minute per batch item on 2 cores, at no
-            measured recall cost.
-        kmeans_iterations: IVF k-means iterations (10: cheaper than Faiss's 25, same recall here).
+        train_points_per_centroid: IVF k-means trains on at most this many keys per list:
+            32 (Faiss's default is 256) bounds the build at 1M keys to a sample of 32K keys,
+            at no recall cost on Config P (benchmarks/NOTES.md).
+        kmeans_iterations: IVF k-means iterations (10: cheaper than Faiss's 25, same recall on
+            Config P).
         cache_size: indexes kept (one per batch item and key set) before the least recently
             used is dropped.
         use_gpu: move IVF and exact indexes to the GPU when Faiss sees one.
@@ -221,9 +197,8 @@ class AnnSelector(Selector):
         **kwargs: base `Selector` / `keras.layers.Layer` arguments.
     """
 
-    row_wise = True
-    # Faiss searches in a numpy_function. (At most `exact_threshold` keys the search runs in TF;
-    # attention waiting for it there measured no slower.)
+    # Faiss searches in a numpy_function. (At most `exact_threshold` keys the search runs in TF,
+    # where the ordering costs nothing either.)
     selects_outside_tf = True
 
     def __init__(self, metric="cosine", index_type="ivf", nlist=None, nprobe=None, ef_search=None,
@@ -231,24 +206,20 @@ class AnnSelector(Selector):
                  train_points_per_centroid=32, kmeans_iterations=10, cache_size=8, use_gpu=True,
                  epsilon=1e-9, **kwargs):
         super().__init__(**kwargs)
-        self.metric = _check_choice("metric", metric, _METRICS)
-        self.index_type = _check_choice("index_type", index_type, _INDEX_TYPES)
-        self.nlist = _check_int("nlist", nlist, 1, allow_none=True)
-        self.nprobe = _check_int("nprobe", nprobe, 1, allow_none=True)
-        self.ef_search = _check_int("ef_search", ef_search, 1, allow_none=True)
-        self.hnsw_neighbors = _check_int("hnsw_neighbors", hnsw_neighbors, 2)
-        self.exact_threshold = _check_int("exact_threshold", exact_threshold, 0)
-        self.storage = _check_choice("storage", storage, _STORAGES)
-        if isinstance(oversample, bool) or not isinstance(oversample, numbers.Real) or not oversample >= 1:
-            raise invalid_value("oversample", "a number >= 1", oversample)
-        self.oversample = float(oversample)
-        self.train_points_per_centroid = _check_int("train_points_per_centroid", train_points_per_centroid, 1)
-        self.kmeans_iterations = _check_int("kmeans_iterations", kmeans_iterations, 1)
-        self.cache_size = _check_int("cache_size", cache_size, 1)
-        self.use_gpu = bool(use_gpu)
-        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon >= 0:
-            raise invalid_value("epsilon", "a non-negative number", epsilon)
-        self.epsilon = float(epsilon)
+        self.metric = arguments.choice("metric", metric, _METRICS)
+        self.index_type = arguments.choice("index_type", index_type, _INDEX_TYPES)
+        self.nlist = arguments.integer("nlist", nlist, minimum=1, allow_none=True)
+        self.nprobe = arguments.integer("nprobe", nprobe, minimum=1, allow_none=True)
+        self.ef_search = arguments.integer("ef_search", ef_search, minimum=1, allow_none=True)
+        self.hnsw_neighbors = arguments.integer("hnsw_neighbors", hnsw_neighbors, minimum=2)
+        self.exact_threshold = arguments.integer("exact_threshold", exact_threshold, minimum=0)
+        self.storage = arguments.choice("storage", storage, _STORAGES)
+        self.oversample = arguments.real("oversample", oversample, low=1)
+        self.train_points_per_centroid = arguments.integer("train_points_per_centroid", train_points_per_centroid, minimum=1)
+        self.kmeans_iterations = arguments.integer("kmeans_iterations", kmeans_iterations, minimum=1)
+        self.cache_size = arguments.integer("cache_size", cache_size, minimum=1)
+        self.use_gpu = arguments.boolean("use_gpu", use_gpu)
+        self.epsilon = arguments.real("epsilon", epsilon, low=0, expected="a non-negative number")
         self._index_cache = _IndexCache(self.cache_size)
         # The small-N exact fallback in TF (same cosine, same epsilon, same tie order).
         self._exact_cosine = CosineSelector(epsilon=self.epsilon)
@@ -318,7 +289,7 @@ class AnnSelector(Selector):
             selected = tf.constant(search(*[np.asarray(tensor) for tensor in inputs]))
         else:
             # The content hash needs the keys only: as an op of its own it runs while the query
-            # side (densifying, distinct rows, projection) is still being computed.
+            # side (densifying, projection) is still being computed.
             hash_inputs = [keys] + ([tf.cast(mask.key_mask, tf.bool)] if mask.key_mask is not None else [])
             fingerprints = tf.numpy_function(_fingerprint_rows, hash_inputs, tf.uint8, stateful=False)  # [B, 16]
             selected = tf.numpy_function(lambda *arrays: search(*arrays[:-1], fingerprints=arrays[-1]),
@@ -403,9 +374,9 @@ class AnnSelector(Selector):
                 fingerprints[batch_item])
 
         if batch > 1 and not (self.use_gpu and _gpu_resource() is not None):
-            # One batch item per thread, each searching with one OpenMP thread: measured about
-            # 1 ms faster per call (of 11–18 ms) than items in turn with two OpenMP threads
-            # each, whose barriers stall whenever TF's own threads take a core.
+            # One batch item per thread, each searching with one OpenMP thread, rather than
+            # items in turn with all OpenMP threads each, whose barriers stall whenever TF's
+            # own threads take a core.
             workers.parallel_map(lambda item: _single_threaded(select, item), range(batch))
         else:
             for batch_item in range(batch):
@@ -507,7 +478,7 @@ class AnnSelector(Selector):
         """Exact top-k over all allowed keys for a few rows, in key blocks: `[r, k]` int."""
         num_keys = keys.shape[0]
         limit = min(num_keys, int(rows.max()) + 1) if causal else num_keys
-        block = max(1, _EXACT_BLOCK_ELEMENTS // max(rows.size, 1))
+        block = max(1, budgets.ANN_EXACT_BLOCK_ELEMENTS // max(rows.size, 1))
         best_scores = np.full((rows.size, 0), -np.inf, np.float32)
         best_ids = np.zeros((rows.size, 0), np.int64)
         for start in range(0, limit, block):
@@ -543,7 +514,7 @@ class AnnSelector(Selector):
             return "exact", "flat"
         storage = self.storage
         if storage == "auto":
-            storage = "flat" if num_valid * keys.shape[1] * 4 <= _AUTO_FLAT_BYTES else "sq8"
+            storage = "flat" if num_valid * keys.shape[1] * 4 <= budgets.ANN_AUTO_FLAT_BYTES else "sq8"
         return self.index_type, storage
 
     def _entry(self, keys, key_valid, fingerprint=None):
@@ -563,8 +534,8 @@ class AnnSelector(Selector):
         key_norms = None
         if storage == "sq8" and self.metric == "cosine":
             key_norms = np.concatenate([
-                np.linalg.norm(keys[start:start + _ADD_CHUNK_ROWS], axis=-1)
-                for start in range(0, keys.shape[0], _ADD_CHUNK_ROWS)]).astype(np.float32)
+                np.linalg.norm(keys[start:start + budgets.ANN_ADD_CHUNK_ROWS], axis=-1)
+                for start in range(0, keys.shape[0], budgets.ANN_ADD_CHUNK_ROWS)]).astype(np.float32)
         seconds = time.perf_counter() - started
         entry = _IndexEntry(index, key_ids, num_valid, kind, storage, key_norms, seconds)
         self._index_cache.put(fingerprint, entry)
@@ -607,8 +578,8 @@ class AnnSelector(Selector):
             sample = np.sort(np.random.default_rng(0).choice(num_valid, size=train_size, replace=False))
             positions = sample if key_ids is None else key_ids[sample]
             index.train(self._rows(keys, positions, 0, train_size))
-        for start in range(0, num_valid, _ADD_CHUNK_ROWS):
-            index.add(self._rows(keys, key_ids, start, min(start + _ADD_CHUNK_ROWS, num_valid)))
+        for start in range(0, num_valid, budgets.ANN_ADD_CHUNK_ROWS):
+            index.add(self._rows(keys, key_ids, start, min(start + budgets.ANN_ADD_CHUNK_ROWS, num_valid)))
         if self.use_gpu and kind != "hnsw":
             resource = _gpu_resource()
             if resource is not None:

@@ -1,0 +1,207 @@
+"""Micro-benchmarks behind the numbers in benchmarks/NOTES.md: each subcommand measures one choice.
+Run from the repository root: `python benchmarks/micro.py SUBCOMMAND --help`."""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _median_ms(call, repeats, warmup=3):
+    """Median wall time of `call()` in ms after `warmup` untimed calls; also the spread."""
+    for _ in range(warmup):
+        np.asarray(call())
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        np.asarray(call())
+        times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times), min(times), max(times)
+
+
+def _report(label, timing):
+    median, fastest, slowest = timing
+    print(f"{label:<58} {median:9.2f} ms  (min {fastest:.2f}, max {slowest:.2f})")
+
+
+def top_k(args):
+    """TF's `top_k` against the compiled CPU kernel on random rows: µs of wall time per row."""
+    import tensorflow as tf
+
+    from sdattn.selectors import cpu_top_k
+
+    rng = np.random.default_rng(0)
+    scores = tf.constant(rng.standard_normal((args.rows, args.keys), dtype=np.float32))
+    tf_top_k = tf.function(lambda x: tf.math.top_k(x, k=args.k))
+    kernel = tf.function(lambda x: cpu_top_k.top_k(x, args.k))
+    for label, call in (("tf.math.top_k", tf_top_k), ("cpu_top_k kernel", kernel)):
+        timing = _median_ms(lambda: call(scores)[1], args.repeats)
+        _report(f"{label}: {args.rows} rows of {args.keys}, k={args.k}", timing)
+        print(f"{'':<58} {timing[0] * 1e3 / args.rows:9.2f} µs per row")
+
+
+def projection(args):
+    """Projecting a sparse query: `sparse_dense_matmul` against scatter + dense matmul."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    kernel = tf.constant(rng.standard_normal((args.dim, args.width), dtype=np.float32))
+    for density in args.densities:
+        dense = rng.standard_normal((args.rows, args.dim)).astype(np.float32)
+        dense[rng.random(dense.shape) >= density] = 0
+        sparse = tf.sparse.from_dense(dense)
+        by_sparse = tf.function(lambda q: tf.sparse.sparse_dense_matmul(q, kernel))
+        by_dense = tf.function(lambda q: tf.matmul(tf.sparse.to_dense(q), kernel))
+        _report(f"density {density:.3f}: sparse_dense_matmul", _median_ms(lambda: by_sparse(sparse), args.repeats))
+        _report(f"density {density:.3f}: densify + matmul", _median_ms(lambda: by_dense(sparse), args.repeats))
+
+
+def _set_constants(assignments):
+    """Applies `module.NAME=value` overrides (e.g. `sdattn.budgets.BLOCK_ELEMENTS=4194304`)."""
+    import importlib
+
+    for assignment in assignments or []:
+        target, value = assignment.split("=", 1)
+        module_name, name = target.rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        setattr(module, name, type(getattr(module, name))(eval(value, {}, {})))
+        print(f"set {target} = {getattr(module, name)!r}")
+
+
+def _config_p(args):
+    from sdattn import bench
+
+    cfg = bench.config(args.keys, args.queries)
+    inputs = bench.make_inputs(cfg, args.seed)
+    _, weights = bench._reference_weights(cfg, args.seed)
+    return cfg, inputs, weights
+
+
+def _layer(cfg, weights, selector, fast_paths=True):
+    from sdattn.layer import SparseDenseMultiHeadAttention
+
+    layer = SparseDenseMultiHeadAttention(cfg["heads"], cfg["key_dim"], cfg["top_k"], selector=selector,
+                                          fast_paths=fast_paths)
+    layer.build((cfg["batch"], cfg["num_queries"], cfg["dim"]), (cfg["batch"], cfg["num_keys"], cfg["dim"]))
+    layer.set_weights(weights + [w.numpy() for w in layer.weights[len(weights):]])
+    return layer
+
+
+def layer(args):
+    """The whole layer on Config P under `tf.function`, with optional constant overrides."""
+    import tensorflow as tf
+
+    _set_constants(args.set)
+    cfg, (sparse_query, _, value), weights = _config_p(args)
+    selector = {"name": args.selector, **({"block_size": args.block_size} if args.block_size else {})}
+    attention = _layer(cfg, weights, selector, fast_paths=not args.standard_path)
+    if hasattr(attention.selector, "index_keys"):
+        attention.selector.index_keys(value)
+    forward = tf.function(lambda q, v: attention(q, v), autograph=False)
+    _report(f"{args.selector} at N={args.keys:,}, M={cfg['num_queries']}", _median_ms(lambda: forward(sparse_query, value), args.repeats))
+
+
+def profile(args):
+    """Where a selector's time goes on Config P: the layer, its selection alone, and the floor of
+    attending over k gathered keys (the same layer over a fixed selection)."""
+    import tensorflow as tf
+
+    import sdattn
+    from sdattn import plan as plan_lib
+
+    cfg, (sparse_query, dense_query, value), weights = _config_p(args)
+    k = min(cfg["top_k"], cfg["num_keys"])
+    attention = _layer(cfg, weights, args.selector)
+    if hasattr(attention.selector, "index_keys"):
+        attention.selector.index_keys(value)
+    print(f"plan: {attention.attention_plan(sparse_query, value)}")
+    forward = tf.function(lambda q, v: attention(q, v), autograph=False)
+    _report(f"{args.selector}: whole layer", _median_ms(lambda: forward(sparse_query, value), args.repeats))
+    _, _, selected = attention(sparse_query, value, return_attention_scores=True)
+    fixed = selected.numpy()[:, :1] if not attention.selector.per_head else selected.numpy()
+
+    class Fixed(sdattn.Selector):
+        """The same selection, as a constant: the layer then times attention alone."""
+        per_head = attention.selector.per_head
+
+        def select(self, context, k):
+            return tf.constant(fixed)
+
+    floor = _layer(cfg, weights, Fixed())
+    floor_forward = tf.function(lambda q, v: floor(q, v), autograph=False)
+    floor_ms = _median_ms(lambda: floor_forward(sparse_query, value), args.repeats)
+    _report(f"floor: attention over the same {k} keys per query", floor_ms)
+
+    if args.selector == "ann":
+        from sdattn.selectors.ann import index as ann_index
+
+        selector = attention.selector
+        keys = np.asarray(value)
+        query = np.asarray(dense_query)
+        _report("ann: content hash of the keys (both items, threads)",
+                _median_ms(lambda: ann_index._fingerprint_rows(keys), args.repeats))
+        fingerprints = ann_index._fingerprints(keys, None)
+        _report("ann: search_numpy (normalise, Faiss search, ties)",
+                _median_ms(lambda: selector.search_numpy(query, keys, k, fingerprints=fingerprints), args.repeats))
+        entry, _ = selector._entry(keys[0], None, fingerprints[0])
+        unit = query[0] / (np.linalg.norm(query[0], axis=-1, keepdims=True) + 1e-9)
+        _report("ann: one Faiss search, one item (M rows)",
+                _median_ms(lambda: selector._search(entry, unit, k), args.repeats))
+    else:
+        context_plan = attention.attention_plan(sparse_query, value)
+
+        @tf.function(autograph=False)
+        def selection(q, v):
+            from sdattn.masking import AttentionMask
+
+            projected = attention._project_query(q) * attention._key_dim ** -0.5
+            context = sdattn.SelectionContext(q, v, projected, lambda: attention._key_dense(v),
+                                              AttentionMask(cfg["num_queries"], cfg["num_keys"]),
+                                              cfg["heads"], cpu_top_k=context_plan.cpu_top_k)
+            return attention.selector.select(context, k)
+
+        _report(f"{args.selector}: selection alone (query projection included)",
+                _median_ms(lambda: selection(sparse_query, value), args.repeats))
+        if plan_lib.REUSED_LOGITS == context_plan.path:
+            print("(the layer reuses the selected scores as logits: no key gather after selection)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python benchmarks/micro.py", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--repeats", type=int, default=9)
+    p = sub.add_parser("top-k", parents=[common], help=top_k.__doc__)
+    p.add_argument("--rows", type=int, default=8192)
+    p.add_argument("--keys", type=int, default=4096)
+    p.add_argument("--k", type=int, default=32)
+    p.set_defaults(run=top_k)
+    p = sub.add_parser("projection", parents=[common], help=projection.__doc__)
+    p.add_argument("--rows", type=int, default=1024)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--densities", type=lambda t: [float(x) for x in t.split(",")], default=[0.008, 0.012, 0.031])
+    p.set_defaults(run=projection)
+    for name, run in (("layer", layer), ("profile", profile)):
+        p = sub.add_parser(name, parents=[common], help=run.__doc__)
+        p.add_argument("--selector", default="cosine")
+        p.add_argument("--keys", type=int, default=16_384)
+        p.add_argument("--queries", type=int, default=None)
+        p.add_argument("--seed", type=int, default=0)
+        if name == "layer":
+            p.add_argument("--block-size", type=int, default=None)
+            p.add_argument("--standard-path", action="store_true", help="fast_paths=False")
+            p.add_argument("--set", action="append", help="module.NAME=value, e.g. sdattn.selectors.top_k._MERGE_EVERY=1")
+        p.set_defaults(run=run)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main()

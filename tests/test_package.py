@@ -1,0 +1,81 @@
+"""The library boundary: what `import sdattn` pulls in, and `pip install .` into a fresh venv.
+Each check runs in a fresh interpreter, so that modules the test session loaded do not count."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+APP_ONLY = ("pandas", "plotly", "streamlit", "faiss", "numba")
+
+
+def _loaded_after(statement, modules):
+    """The `modules` that `statement` leaves in `sys.modules` in a fresh interpreter."""
+    code = f"import sys\n{statement}\nprint(','.join(m for m in {modules!r} if m in sys.modules))"
+    completed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    return [name for name in completed.stdout.strip().split(",") if name]
+
+
+def test_import_sdattn_pulls_in_no_app_or_optional_dependency():
+    assert _loaded_after("import sdattn", APP_ONLY + ("tensorflow",)) == []
+
+
+def test_import_sdattn_inputs_does_not_import_tensorflow():
+    assert _loaded_after("import sdattn.inputs; sdattn.inputs.generate_inputs('config_p', num_keys=64)",
+                         ("tensorflow", "keras")) == []
+
+
+def test_the_layer_and_selectors_load_numba_and_faiss_only_when_used():
+    # (TensorFlow itself imports pandas, so it is not checked here.)
+    statement = "import sdattn; sdattn.SparseDenseMultiHeadAttention; sdattn.available_selectors()"
+    assert _loaded_after(statement, ("plotly", "streamlit", "faiss", "numba")) == []
+
+
+def _readme_first_example():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Using the layer"):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("```", start)]
+
+
+@pytest.mark.install
+def test_pip_install_into_a_fresh_venv_runs_the_readme_example(tmp_path):
+    """`pip install .` (offline: --no-index, --no-deps) into a new venv, then the README's first
+    example from another directory. The dependencies come from this interpreter's site-packages
+    through a `.pth` file, after the venv's own, so `sdattn` must come from the install."""
+    source = tmp_path / "source"  # a copy: pip builds in the tree, which must stay clean
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "sdattn", source / "sdattn", ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    venv_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    (pathlib.Path(venv_site) / "shared_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env.pop("PYTHONPATH", None)
+    install = subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--no-deps",
+                              "--no-build-isolation", "--quiet", str(source)],
+                             capture_output=True, text=True, env=env, timeout=180)
+    assert install.returncode == 0, install.stdout + install.stderr
+    check = textwrap.dedent("""
+        import pathlib, sys
+        import sdattn
+        assert pathlib.Path(sdattn.__file__).is_relative_to(pathlib.Path(sys.argv[1])), sdattn.__file__
+    """) + _readme_first_example() + "\nprint(out.shape, scores.shape, indices.shape)\n"
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    ran = subprocess.run([str(python), "-c", check, venv_site], cwd=workdir, capture_output=True,
+                         text=True, env=env, timeout=180)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.split("\n")[-2] == "(2, 16, 64) (2, 4, 16, 8) (2, 4, 16, 8)"
