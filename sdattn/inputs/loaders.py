@@ -228,10 +228,11 @@ class _LineCursor:
 
 
 def _scan(source: _Source, max_rows: int):
+    """`text.scan_text` within the source's byte allowance; returns (line count, line chunks)."""
     source.allowance.take(source.size, "the text")
-    scan_text(source.stream, source.size, source.name, max_bytes=source.allowance.limit,
-              max_lines=max_rows + EXTRA_LINES)
-    return line_chunks(source.stream, source.name)
+    line_count = scan_text(source.stream, source.size, source.name,
+                           max_bytes=source.allowance.limit, max_lines=max_rows + EXTRA_LINES)
+    return line_count, line_chunks(source.stream, source.name)
 
 
 def _load_mtx_queries(source: _Source, budget: Budget):
@@ -243,7 +244,8 @@ def _load_mtx_queries(source: _Source, budget: Budget):
     them: the entry count is checked against the size line while the lines are parsed.
     """
     name = source.name
-    lines = _LineCursor(_scan(source, max(budget.max_nonzeros, budget.max_dense_floats)))
+    line_count, chunks = _scan(source, max(budget.max_nonzeros, budget.max_dense_floats))
+    lines = _LineCursor(chunks)
     expected_banner = "'%%MatrixMarket matrix coordinate real general'"
     number, banner_line = lines.next()
     if number != 1 or not banner_line.lower().startswith("%%matrixmarket"):
@@ -302,6 +304,12 @@ def _load_mtx_queries(source: _Source, budget: Budget):
         _check_limit(stored, budget.max_nonzeros, name, "declared entries", "max_nonzeros")
     if declared == 0:
         raise InputError(f"{name}: the query has no stored entries; expected at least one non-zero")
+    if line_count - number > declared + EXTRA_LINES:
+        # Known from the raw-byte scan: refuse a flood before parsing any of it.
+        raise InputError(
+            f"{name}: the size line declares {declared:,} entries but {line_count - number:,} "
+            "lines follow; expected one line per entry (plus a few comments)"
+        )
     width = 1 if layout == "array" else (2 if field_kind == "pattern" else 3)
     table = NumericTable(
         name, columns=(width,), max_rows=declared, max_values=width * declared,
@@ -377,7 +385,7 @@ def _read_table(source: _Source, *, columns, max_rows: int, max_values: int, bud
     """A csv file as a float64 table and each row's line number, parsed chunk by chunk."""
     table = NumericTable(source.name, columns=columns, max_rows=max_rows, max_values=max_values,
                          budget_setting=budget_setting, columns_hint=columns_hint)
-    for chunk in _scan(source, max_rows):
+    for chunk in _scan(source, max_rows)[1]:
         table.feed(*chunk)
     return table.result()
 

@@ -7,7 +7,8 @@ Python's `zipfile` builds an object per member before anyone can count them (3.4
   members, or a directory over `MAX_DIRECTORY_BYTES`, before parsing a single entry;
 - refuses any member compressed with a method other than stored (0) or deflate (8), the two
   that numpy writes (bzip2 = 12, LZMA = 14, ... are named in the message), encrypted members,
-  duplicate names and members whose declared sizes exceed the byte budget or the file;
+  duplicate names, and declared sizes (each member's, and all together) over the byte budget
+  or past the file;
 - inflates deflate members with `zlib` in bounded steps, never past the declared size, and
   checks at the end that the stream stops there and that its CRC-32 matches.
 
@@ -177,6 +178,13 @@ def read_zip_directory(stream, file_size: int, where: str,
         if name in members:
             raise InputError(f"{where}: member {_echo(name)} appears twice; expected unique names")
         members[name] = member
+    total = sum(member.size for member in members.values())
+    if total > budget.max_bytes:
+        raise InputError(
+            f"{where}: its {len(members):,} members declare {total:,} bytes uncompressed, over "
+            f"the byte budget of {budget.max_bytes:,}; expected a smaller file, or raise "
+            "Budget.max_bytes"
+        )
     return members
 
 
