@@ -30,6 +30,7 @@ from sdattn.inputs.example import (
     _canonical_coo,
     _check_index_range,
     _check_limit,
+    _cut,
     _default_labels,
     _echo,
     _make_example,
@@ -666,7 +667,7 @@ def save_inputs(example: Example, path_or_file, extras: dict[str, Any] | None = 
             if (dtype.kind not in _EXTRA_KINDS or dtype.fields is not None
                     or (dtype.kind in "US" and dtype.itemsize > MAX_STRING_ITEMSIZE)):
                 raise InputError(
-                    f"extra '{extra_name}' has dtype {_echo(str(dtype))}; expected a bool, "
+                    f"extra '{extra_name}' has dtype {_cut(dtype)}; expected a bool, "
                     f"integer, float or string array (strings of at most {MAX_STRING_ITEMSIZE:,} "
                     "bytes; object arrays would need pickles)"
                 )

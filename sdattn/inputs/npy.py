@@ -210,7 +210,8 @@ def read_npy(stream, available_bytes: int, where: str, *, kinds: str, max_elemen
             f"({byte_count:,} bytes) but only {max(remaining, 0):,} bytes follow"
         )
     if allowance is not None:
-        allowance.take(byte_count, f"{where.split(', ', 1)[-1]} ({_echo(shape)} of {dtype})")
+        what = where.split(", ", 1)[1] if ", " in where else "the array"
+        allowance.take(byte_count, f"{what} {_echo(shape)} of {_cut(dtype)}")
     buffer = bytearray(byte_count)
     _read_into(stream, buffer, where)
     array = np.frombuffer(buffer, dtype=dtype, count=count)
