@@ -84,8 +84,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return stream.getvalue()
 
 
-def deflate_zeros(prefix: bytes, total: int) -> bytes:
-    """Raw deflate of `prefix` + zeros, `total` bytes in all, built from one repeated block.
+def deflate_zeros(prefix: bytes, total: int, fill: bytes = b"\x00") -> bytes:
+    """Raw deflate of `prefix` + `fill` bytes, `total` bytes in all, from one repeated block.
 
     After a full flush the compressor starts afresh, so 16 MiB of zeros compress to the same
     bytes every time: the stream is that block repeated, ~1 KB per MiB of expansion.
@@ -93,7 +93,7 @@ def deflate_zeros(prefix: bytes, total: int) -> bytes:
     block = 1 << 24
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     parts = [compressor.compress(prefix) + compressor.flush(zlib.Z_FULL_FLUSH)]
-    zeros = bytes(block)
+    zeros = fill * block
     repeated = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
     count, rest = divmod(total - len(prefix), block)
     parts.append(repeated * count)
@@ -229,8 +229,19 @@ class HostileCase:
     keys_file: bool = False
 
 
+def _scipy_csr_members(data: Member) -> list[Member]:
+    """A 4 x 4 scipy csr layout with 16 entries around `data`, so a loader reads that member."""
+    return [Member.stored("format.npy", npy_bytes(np.array("csr"))),
+            Member.stored("shape.npy", npy_bytes(np.array([4, 4]))),
+            data,
+            Member.stored("indices.npy", npy_bytes(np.tile(np.arange(4, dtype=np.int32), 4))),
+            Member.stored("indptr.npy", npy_bytes(np.arange(0, 17, 4, dtype=np.int32)))]
+
+
 def _bzip2_bomb(path):
-    return write_zip(path, [Member("data.npy", _BZIP2_BOMB, BOMB_BYTES, 12, _BZIP2_BOMB_CRC)])
+    # Its header says 16 bytes of uint8; zipfile would inflate all 1.25 GiB to read that header.
+    return write_zip(path, _scipy_csr_members(
+        Member("data.npy", _BZIP2_BOMB, BOMB_BYTES, 12, _BZIP2_BOMB_CRC)))
 
 
 def _bzip2_small(path):
@@ -247,13 +258,20 @@ def _bzip2_small(path):
 
 def _lzma_bomb(path):
     # LZMA is slow to build; 64 MiB proves the method is refused before anything inflates.
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_LZMA) as archive:
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w", zipfile.ZIP_LZMA) as archive:
         with archive.open("data.npy", "w", force_zip64=True) as member:
             member.write(npy_header("|u1", (16,)))
             zeros = bytes(1 << 24)
             for _ in range(4):
                 member.write(zeros)
-    return path
+    with zipfile.ZipFile(stream) as archive:
+        info = archive.getinfo("data.npy")
+        data = stream.getvalue()[info.header_offset:]
+        local_length = 30 + int.from_bytes(data[26:28], "little") + int.from_bytes(data[28:30], "little")
+        compressed = data[local_length:local_length + info.compress_size]
+    return write_zip(path, _scipy_csr_members(Member("data.npy", compressed, info.file_size, 14,
+                                                     info.CRC)))
 
 
 def _deflate_bomb_declared(path):
@@ -285,6 +303,19 @@ def _npz_header_length(path):
     return write_zip(path, [Member.stored("format.npy", npy_bytes(np.array("csr"))),
                             Member.stored("shape.npy", npy_bytes(np.array([4, 4]))),
                             Member.deflated("data.npy", header + b" " * (1 << 20))])
+
+
+def _npz_header_length_bomb(path):
+    # The same header length, and 1.5 GB of header really there (spaces), declared honestly.
+    header = npy_header("<f8", (4, 4), version=(2, 0), declared_length=1_500_000_000)
+    total = 1_500_000_000 + 4096
+    return write_zip(path, _scipy_csr_members(
+        Member("data.npy", deflate_zeros(header, total, b" "), total, 8)))
+
+
+def _bundle_long_strings_bomb(path):
+    # The issue's case: a bundle extra of |S1500000000 whose 1.5 GB are really there (zeros).
+    return _bundle(path, [_zeros_member("extra.s.npy", "|S1500000000", (1,))])
 
 
 def _npy_long_strings(path):
@@ -380,11 +411,17 @@ CASES = [
                 r"declares a 1,500,000,000-byte \.npy header, over the limit of 10,000", "npy header"),
     HostileCase("npz_header_length", "header.npz", _npz_header_length,
                 r"array 'data': declares a 1,500,000,000-byte \.npy header", "npy header"),
+    HostileCase("npz_header_length_bomb", "header_bomb.npz", _npz_header_length_bomb,
+                r"member 'data\.npy' declares 1,500,004,096 bytes uncompressed, over the byte budget",
+                "npy header"),
     HostileCase("npy_long_strings", "strings.npy", _npy_long_strings,
                 r"strings\.npy: has dtype \|S1500000000; expected bool or integer", "dtype"),
     HostileCase("bundle_long_strings", "strings.npz", _bundle_long_strings,
                 r"array 'extra\.s': has dtype \|S1500000000, strings of 1,500,000,000 bytes each",
                 "dtype"),
+    HostileCase("bundle_long_strings_bomb", "strings_bomb.npz", _bundle_long_strings_bomb,
+                r"member 'extra\.s\.npy' declares 1,500,000,128 bytes uncompressed, over the byte "
+                r"budget", "dtype"),
     HostileCase("bundle_complex_extra", "complex.npz",
                 lambda p: _bundle(p, **{"extra.c": npy_bytes(np.ones(10, np.complex128))}),
                 r"array 'extra\.c': has dtype complex128; expected bool or integer", "dtype"),
