@@ -245,7 +245,9 @@ def _load_mtx_queries(source: _Source, budget: Budget):
     them: the entry count is checked against the size line while the lines are parsed.
     """
     name = source.name
-    line_count, chunks = _scan(source, max(budget.max_nonzeros, budget.max_dense_floats))
+    # Text costs a parse per value: a dense array layout gets the non-zero budget too (a larger
+    # dense matrix belongs in a .npy), so every Matrix Market file has at most max_nonzeros lines.
+    line_count, chunks = _scan(source, budget.max_nonzeros)
     lines = _LineCursor(chunks)
     expected_banner = "'%%MatrixMarket matrix coordinate real general'"
     number, banner_line = lines.next()
@@ -295,8 +297,8 @@ def _load_mtx_queries(source: _Source, budget: Budget):
             f"{rows:,} x {columns:,}"
         )
     if layout == "array":
-        _check_limit(rows * columns, budget.max_dense_floats, name, "dense entries",
-                     "max_dense_floats")
+        _check_limit(rows * columns, budget.max_nonzeros, name, "dense entries (one per line)",
+                     "max_nonzeros")
         declared = rows * columns
     else:
         declared = int(size_tokens[2])
@@ -318,6 +320,7 @@ def _load_mtx_queries(source: _Source, budget: Budget):
         columns_hint="(row col value, 1-based)" if width == 3 else "",
         too_many_rows=(f"{name}: the size line declares {declared:,} entries but more entry "
                        "lines follow; the file has extra lines, or a wrong size line"),
+        capacity=declared,
     )
     for chunk in lines.rest():
         table.feed(*chunk)
@@ -365,7 +368,7 @@ def _checked_index_column(values: np.ndarray, line_numbers, name: str, label: st
     if bad.size:
         row = int(bad[0])
         raise InputError(
-            f"{name}, line {int(line_numbers[row]):,}: {label} index {values[row]:g} is invalid; "
+            f"{name}, line {line_numbers[row]:,}: {label} index {values[row]:g} is invalid; "
             f"expected an integer from {low} to {high:,}{high_reason}"
         )
     return values.astype(np.int64)
@@ -376,17 +379,19 @@ def _check_float32_range(values: np.ndarray, line_numbers, name: str):
     if too_large.size:
         row = int(too_large[0])
         raise InputError(
-            f"{name}, line {int(line_numbers[row]):,}: value {values[row]:g} overflows float32; "
+            f"{name}, line {line_numbers[row]:,}: value {values[row]:g} overflows float32; "
             "expected magnitudes below 3.4e38"
         )
 
 
 def _read_table(source: _Source, *, columns, max_rows: int, max_values: int, budget_setting: str,
-                columns_hint: str = "") -> tuple[np.ndarray, np.ndarray]:
+                columns_hint: str = ""):
     """A csv file as a float64 table and each row's line number, parsed chunk by chunk."""
+    line_count, chunks = _scan(source, max_rows)
     table = NumericTable(source.name, columns=columns, max_rows=max_rows, max_values=max_values,
-                         budget_setting=budget_setting, columns_hint=columns_hint)
-    for chunk in _scan(source, max_rows)[1]:
+                         budget_setting=budget_setting, columns_hint=columns_hint,
+                         capacity=line_count)
+    for chunk in chunks:
         table.feed(*chunk)
     return table.result()
 

@@ -12,11 +12,12 @@ Internal API (also used by the session loader):
   lines, decoded as UTF-8 (a leading BOM dropped), with their 1-based line numbers.
 - `NumericTable(where, ...)`: `feed(line_numbers, lines)` parses a chunk of numeric lines with
   numpy's C parser, refusing rows past `max_rows` before the chunk is parsed; `result()` gives the
-  float64 table and each row's source line number, for messages.
+  float64 table (allocated once when a `capacity` is known) and each row's source line number.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 
 import numpy as np
@@ -132,6 +133,27 @@ def _is_number(token: str) -> bool:
     return True
 
 
+class LineNumbers:
+    """The source line of each parsed row, stored per chunk: a chunk of consecutive lines (the
+    usual case) costs two integers instead of 8 bytes per row. `numbers[row]` gives one."""
+
+    def __init__(self):
+        self._starts: list[int] = []  # first row of each chunk
+        self._chunks: list = []  # first line number (int), or an int64 array of line numbers
+
+    def append(self, first_row: int, line_numbers) -> None:
+        self._starts.append(first_row)
+        consecutive = line_numbers[-1] - line_numbers[0] == len(line_numbers) - 1
+        self._chunks.append(line_numbers[0] if consecutive
+                            else np.asarray(line_numbers, dtype=np.int64))
+
+    def __getitem__(self, row) -> int:
+        chunk = bisect.bisect_right(self._starts, int(row)) - 1
+        numbers = self._chunks[chunk]
+        offset = int(row) - self._starts[chunk]
+        return numbers + offset if isinstance(numbers, int) else int(numbers[offset])
+
+
 class NumericTable:
     """Numeric rows parsed chunk by chunk, with the row budget applied before each chunk's parse.
 
@@ -146,11 +168,14 @@ class NumericTable:
         allow_header: skip a first data line with no numeric token (e.g. "row,col,value").
         columns_hint: what the columns mean, for the message.
         too_many_rows: message for more than `max_rows` rows (default: the budget message).
+        capacity: an upper bound on the rows (e.g. the line count from `scan_text`): the table is
+            then allocated once, instead of chunks concatenated at the end (twice the memory).
     """
 
     def __init__(self, where: str, *, columns, max_rows: int, max_values: int,
                  budget_setting: str, delimiter: str | None = ",", comment: str | None = "#",
-                 allow_header: bool = True, columns_hint: str = "", too_many_rows: str | None = None):
+                 allow_header: bool = True, columns_hint: str = "", too_many_rows: str | None = None,
+                 capacity: int | None = None):
         self.where = where
         self._columns = columns
         self._max_rows = max_rows
@@ -163,8 +188,10 @@ class NumericTable:
         self._too_many_rows = too_many_rows
         self._width = None
         self._rows = 0
-        self._tables: list[np.ndarray] = []
-        self._line_numbers: list[np.ndarray] = []
+        self._capacity = None if capacity is None else min(capacity, max_rows)
+        self._table: np.ndarray | None = None  # preallocated, with a capacity
+        self._tables: list[np.ndarray] = []  # without one
+        self._line_numbers = LineNumbers()
 
     def feed(self, line_numbers, lines) -> None:
         """Parse one chunk of non-blank lines (as `line_chunks` yields them)."""
@@ -212,19 +239,28 @@ class NumericTable:
                 f"{self.where}, line {line_numbers[row]:,}, column {column + 1}: "
                 f"{table[row, column]} is not a finite number; expected no NaN or Inf"
             )
+        if self._capacity is None:
+            self._tables.append(table)
+        else:
+            if self._table is None:
+                self._table = np.empty((self._capacity, self._width), dtype=np.float64)
+            if self._rows + len(lines) > self._capacity:
+                raise InputError(f"{self.where}: has more rows than its lines counted; the file "
+                                 "changed while it was read")
+            self._table[self._rows:self._rows + len(lines)] = table
+        self._line_numbers.append(self._rows, line_numbers)
         self._rows += len(lines)
-        self._tables.append(table)
-        self._line_numbers.append(np.asarray(line_numbers, dtype=np.int64))
 
     def result(self):
-        """`(float64 [rows, columns], int64 [rows] source line numbers)`."""
-        if not self._tables:
+        """`(float64 [rows, columns], LineNumbers)`: `numbers[row]` is a row's source line."""
+        if not self._rows:
             raise InputError(f"{self.where}: has no data rows; expected lines of numbers")
-        table = self._tables[0] if len(self._tables) == 1 else np.concatenate(self._tables)
-        numbers = (self._line_numbers[0] if len(self._line_numbers) == 1
-                   else np.concatenate(self._line_numbers))
-        self._tables, self._line_numbers = [], []
-        return table, numbers
+        if self._table is not None:
+            table = self._table[:self._rows]
+        else:
+            table = self._tables[0] if len(self._tables) == 1 else np.concatenate(self._tables)
+        self._table, self._tables = None, []
+        return table, self._line_numbers
 
     @property
     def rows(self) -> int:
