@@ -149,3 +149,31 @@ def test_an_upload_loaded_once_gives_example_and_extras(tmp_path):
     save_inputs(example, path, extras={"config": config, "sdattn_version": "0.1.0"})
     loaded, extras = load_inputs(path, return_extras=True)
     assert loaded.nnz == example.nnz and extras["config"] == config
+
+
+def test_flipped_bytes_anywhere_in_an_archive_give_input_errors_only(tmp_path):
+    # The zip directory is parsed by sdattn itself: damage anywhere (end record, directory,
+    # local headers, data) must give an InputError from the internal reader too, which has no
+    # catch-all around it.
+    buffer = __import__("io").BytesIO()
+    save_inputs(generate_inputs("planted", seed=0), buffer)
+    original = buffer.getvalue()
+    rng = np.random.default_rng(17)
+    directory_start = original.rfind(b"PK\x01\x02", 0, original.rfind(b"PK\x05\x06"))
+    outcomes = {"refused": 0, "loaded": 0}
+    for trial in range(400):
+        damaged = bytearray(original)
+        # Half the flips land in the directory and end record, where the parser lives.
+        low = directory_start - 400 if trial % 2 else 0
+        for position in rng.integers(max(low, 0), len(damaged), size=rng.integers(1, 4)):
+            damaged[position] ^= 1 << int(rng.integers(0, 8))
+        path = tmp_path / "damaged.npz"
+        path.write_bytes(bytes(damaged))
+        try:
+            read_npz_members(path, kinds="biufUS")
+            load_inputs(path)
+            outcomes["loaded"] += 1
+        except InputError as error:
+            assert "damaged.npz" in str(error) and len(str(error)) < MESSAGE_LIMIT, str(error)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 300, outcomes  # a flip in compressed data fails the CRC
