@@ -377,6 +377,8 @@ def test_validate_example_names_the_problem():
         "value_mask has shape": broken(value_mask=np.ones((2, 4), bool)),
         "ground_truth": broken(ground_truth=np.full((2, 3, 1), 5, np.int32)),
         "key_labels has 2": broken(key_labels=["a", "b"]),
+        "query_labels is a dict; expected a list of strings": broken(
+            query_labels={"q0": "a", "q1": "b", "q2": "c"}),
     }
     for expected, example in cases.items():
         with pytest.raises(InputError, match=expected):
@@ -580,6 +582,13 @@ def test_save_inputs_refuses_what_it_cannot_store_safely(tmp_path):
         save_inputs(example, tmp_path / "a.npz", extras={"bad": np.array([object()], dtype=object)})
     with pytest.raises(InputError, match="name"):
         save_inputs(example, tmp_path / "a.npz", extras={"bad/name": np.zeros(2)})
+    # What load_inputs would refuse is refused on the way in, too.
+    with pytest.raises(InputError, match="extra 'c' has dtype complex128"):
+        save_inputs(example, tmp_path / "a.npz", extras={"c": np.ones(2, np.complex128)})
+    with pytest.raises(InputError, match="strings of at most 4,096 bytes"):
+        save_inputs(example, tmp_path / "a.npz", extras={"s": np.array(["x" * 2000])})
+    save_inputs(example, tmp_path / "a.npz", extras={"s": np.array(["x" * 1000])})
+    assert load_inputs(tmp_path / "a.npz", return_extras=True)[1]["s"][0] == "x" * 1000
     with pytest.raises(InputError, match=r"\.npz"):
         save_inputs(example, tmp_path / "a.txt")
     example.metadata["handle"] = object()
@@ -780,6 +789,51 @@ def test_budget_is_configurable():
         load_inputs(named_bytes(text, "q.csv"), budget=Budget(max_dense_floats=100))
     with pytest.raises(ValueError, match="max_nonzeros"):
         Budget(max_nonzeros=0)
+    with pytest.raises(ValueError, match="max_bytes"):
+        Budget(max_bytes=True)
+
+
+def test_the_byte_budget_counts_bytes_of_every_path(tmp_path):
+    budget = Budget(max_bytes=4096)
+    np.save(tmp_path / "q.npy", np.eye(30))  # 7,200 bytes of float64 (900 elements)
+    with pytest.raises(InputError, match=r"q\.npy: the array \(30, 30\) of float64 needs 7,200 bytes, over "
+                                         r"the byte budget of 4,096"):
+        load_inputs(tmp_path / "q.npy", budget=budget)
+    with pytest.warns(InputWarning, match="converted to a sparse query"):
+        assert load_inputs(tmp_path / "q.npy", budget=Budget(max_bytes=8192)).nnz == 30
+    (tmp_path / "q.csv").write_bytes(b"0,0,1.5\n" * 600)
+    with pytest.raises(InputError, match=r"q\.csv: the text needs 4,800 bytes, over the byte budget"):
+        load_inputs(tmp_path / "q.csv", budget=budget)
+    save_inputs(generate_inputs("planted"), tmp_path / "b.npz")
+    with pytest.raises(InputError, match=r"b\.npz: (its|member).* bytes uncompressed, over the byte "
+                                         "budget of 4,096"):
+        load_inputs(tmp_path / "b.npz", budget=budget)
+    with pytest.raises(InputError, match=r"q\.npy: the array \(30, 30\) of float64 needs 7,200 bytes"):
+        load_inputs(named_bytes(b"0,0,1\n", "q.csv"), keys=tmp_path / "q.npy", budget=budget)
+
+
+class Unseekable(io.RawIOBase):
+    """An upload stream that can only be read forward (a pipe, a socket)."""
+
+    def __init__(self, data: bytes, name: str):
+        self._data, self._at, self.name = data, 0, name
+
+    def readable(self):
+        return True
+
+    def read(self, count=-1):
+        count = len(self._data) - self._at if count is None or count < 0 else count
+        chunk = self._data[self._at:self._at + count]
+        self._at += len(chunk)
+        return chunk
+
+
+def test_an_unseekable_stream_is_read_at_most_one_byte_past_the_budget():
+    stream = Unseekable(b"0,0,1.5\n" * 1000, "q.csv")
+    with pytest.raises(InputError, match=r"q\.csv: the text needs 4,097 bytes, over the byte budget of 4,096"):
+        load_inputs(stream, budget=Budget(max_bytes=4096))
+    assert stream._at == 4097
+    assert load_inputs(Unseekable(b"0,0,1.5\n" * 100, "q.csv")).nnz == 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ FUZZ_CASES = 600
 FUZZ_BUDGET = Budget(max_nonzeros=2_000, max_dense_floats=20_000)
 PEAK_BYTES_LIMIT = 8 * 2**20  # far above what the budget allows, far below an absurd shape
 TIME_LIMIT_S = 2.0
+MESSAGE_LIMIT = 300  # issue 17: short enough to read, and echoed values cut short
 
 
 @dataclasses.dataclass
@@ -491,7 +492,11 @@ def test_every_malformed_file_raises_input_error_quickly_and_without_big_allocat
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        assert str(caught.value), "an InputError must say what was wrong"
+        message = str(caught.value)
+        assert message, "an InputError must say what was wrong"
+        assert len(message) < MESSAGE_LIMIT, f"{case.family}: {len(message)} characters: {message}"
+        named = case.keys[0] if case.keys is not None and case.keys[0] in message else case.name
+        assert named in message, f"{case.family}: the message does not name the file: {message}"
         assert elapsed < TIME_LIMIT_S, f"{case.family} {case.name} took {elapsed:.2f} s"
         assert peak < PEAK_BYTES_LIMIT, f"{case.family} {case.name} allocated {peak:,} bytes"
 

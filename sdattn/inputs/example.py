@@ -24,20 +24,25 @@ class InputWarning(UserWarning):
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Size limits checked from file headers before anything is allocated.
+    """Size limits checked from file headers before anything is allocated or decoded.
 
     Args:
         max_nonzeros: most stored entries of the sparse query (default 5,000,000).
         max_dense_floats: most elements of any dense array: the keys `[B, N, D]`, a dense query
             file, the masks `[B, M]`, or the feature size `Dq` (default 50,000,000, i.e. 200 MB of
             float32).
+        max_bytes: most bytes one file may decode to, all together: every array's
+            elements x itemsize, every JSON member, a text file's size, and each zip member's
+            declared (and actually inflated) size (default 512 MiB). Checked before the bytes are
+            read, so memory stays bounded by the budget rather than by what a file claims.
     """
 
     max_nonzeros: int = 5_000_000
     max_dense_floats: int = 50_000_000
+    max_bytes: int = 512 * 2**20
 
     def __post_init__(self):
-        for name in ("max_nonzeros", "max_dense_floats"):
+        for name in ("max_nonzeros", "max_dense_floats", "max_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(
@@ -47,6 +52,20 @@ class Budget:
 
 
 DEFAULT_BUDGET = Budget()
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    """`text` itself (no quotes) for a message, cut to about `limit` characters."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _echo(value, limit: int = 60) -> str:
+    """`repr(value)` for a message, cut to about `limit` characters: files can hold huge strings."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,8 +308,10 @@ def validate_example(
         labels = getattr(example, name)
         if labels is None:
             continue
-        if isinstance(labels, (str, bytes)) or not all(isinstance(label, str) for label in labels):
-            raise InputError(f"{name} must be a list of strings")
+        # A dict or a set iterates over strings too, but has no order to name rows with.
+        if (isinstance(labels, (str, bytes, dict, set, frozenset)) or not hasattr(labels, "__len__")
+                or not all(isinstance(label, str) for label in labels)):
+            raise InputError(f"{name} is a {type(labels).__name__}; expected a list of strings")
         if len(labels) != expected:
             raise InputError(f"{name} has {len(labels)} entries; expected {expected}")
     if example.ground_truth is not None:

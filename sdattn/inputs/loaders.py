@@ -1,23 +1,26 @@
 """Loading and saving inputs: .npz (scipy or sdattn bundle), .mtx, .csv and .npy, checked against a budget.
-Every failure raises InputError; headers are checked before allocating, and nothing is ever unpickled."""
+Every failure raises InputError; work is bounded by bytes before anything is decoded, and nothing is unpickled.
+
+The bounded readers it is built on are internal modules a session loader reuses: `npy`
+(`read_npy`, `ByteAllowance`), `safe_zip` (`SafeArchive`, `read_npz_members`), `text`
+(`scan_text`, `line_chunks`, `NumericTable`) and `schema` (the bundle's JSON fields). Here,
+`_load_npz(source, budget)` -> `(archive, {key: member name})` and `_npz_member(archive, members,
+key, name, kinds=..., max_elements=..., budget_setting=...)` read a .npz within one byte budget.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
-import math
 import os
 import pathlib
 import re
 import warnings
-import zipfile
-from dataclasses import field
 from typing import Any
 
 import numpy as np
-import scipy.sparse
 
+from sdattn.inputs import schema
 from sdattn.inputs.example import (
     Budget,
     DEFAULT_BUDGET,
@@ -25,23 +28,32 @@ from sdattn.inputs.example import (
     InputError,
     InputWarning,
     _canonical_coo,
-    _check_finite,
     _check_index_range,
     _check_limit,
+    _cut,
     _default_labels,
+    _echo,
     _make_example,
-    _sparse_rows_from_dense,
     _to_float32,
     validate_example,
 )
-
 from sdattn.inputs.generators import (
     _int_param,
     _json_ready,
     generate_inputs,
 )
+from sdattn.inputs.npy import (
+    MAX_STRING_ITEMSIZE,
+    ByteAllowance,
+    check_finite,
+    count_nonzero,
+    kinds_for_message as _kinds_for_message,
+    read_npy,
+)
+from sdattn.inputs.safe_zip import MAX_MEMBERS as _MAX_NPZ_MEMBERS, SafeArchive, npy_members
+from sdattn.inputs.text import EXTRA_LINES, NumericTable, line_chunks, scan_text
 
-BUNDLE_FORMAT = "sdattn.bundle"
+BUNDLE_FORMAT = schema.BUNDLE_FORMAT
 BUNDLE_VERSION = 1
 
 # Keys generated for query-only files: Gaussian, with a fixed seed so the same file gives the same run.
@@ -52,14 +64,25 @@ GENERATED_KEYS_COUNT = 64
 # would cost more memory than the arrays it describes, and no view can show that many anyway.
 DEFAULT_LABEL_LIMIT = 100_000
 
-# A .npz with more members than this is not a bundle or a scipy matrix; refusing it bounds the work.
-_MAX_NPZ_MEMBERS = 1_000
+# JSON members become Python objects worth up to ~20x their bytes, so they get their own caps:
+# 16 MB of labels holds 100,000 labels of 100+ characters; all JSON of one file stays under 24 MB.
+_MAX_LABELS_JSON = 16 * 2**20
+_MAX_MEMBER_JSON = 4 * 2**20
+_MAX_FILE_JSON = 24 * 2**20
+_MAX_NAME_CHARS = 80  # a file name echoed in messages
 _EXTRA_NAME = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _NUMERIC_KINDS = "biuf"
+_EXTRA_KINDS = "biufUS"  # strings only where a caller's labels or names are expected
+
+__all__ = ["load_inputs", "save_inputs"]
 
 # ----------------------------------------------------------------------------------------------
 # Reading files safely
 # ----------------------------------------------------------------------------------------------
+
+
+def _display_name(name: str) -> str:
+    return name if len(name) <= _MAX_NAME_CHARS else f"{name[:40]}...{name[-30:]}"
 
 
 class _Source:
@@ -69,13 +92,13 @@ class _Source:
         self._owned = None
         if isinstance(path_or_file, (str, os.PathLike)):
             path = pathlib.Path(path_or_file)
-            self.name = path.name
+            self.name = _display_name(path.name)
             try:
                 self.stream = self._owned = open(path, "rb")
             except OSError as error:
                 raise InputError(
-                    f"{path}: cannot open the file ({error.strerror or error}); expected a "
-                    "readable file"
+                    f"{_display_name(str(path))}: cannot open the file ({error.strerror or error}); "
+                    "expected a readable file"
                 ) from error
         elif hasattr(path_or_file, "read"):
             raw_name = getattr(path_or_file, "name", None)
@@ -84,7 +107,7 @@ class _Source:
                     "the uploaded file has no name, so its format is unknown; expected a file "
                     "object with a .name ending in .npz, .npy, .csv or .mtx"
                 )
-            self.name = pathlib.PurePath(raw_name).name
+            self.name = _display_name(pathlib.PurePath(raw_name).name)
             stream = path_or_file
             if not (hasattr(stream, "seekable") and stream.seekable()):
                 # Read at most one byte past the limit: enough to tell the file is too big.
@@ -105,84 +128,18 @@ class _Source:
             self.stream.seek(0)
         except (OSError, ValueError) as error:
             self.close()
-            raise InputError(f"{self.name}: cannot read the file ({error})") from error
+            raise InputError(f"{self.name}: cannot read the file ({_echo(str(error), 80)})") from error
 
     def close(self):
         if self._owned is not None:
             self._owned.close()
 
 
-def _read_exact(stream, count: int, where: str) -> bytes:
-    data = stream.read(count)
-    if len(data) != count:
-        raise InputError(
-            f"{where}: the file is truncated: expected {count:,} more bytes, found {len(data):,}"
-        )
-    return data
-
-
 def _read_npy(stream, available_bytes: int, where: str, *, kinds: str, max_elements: int,
-              budget_setting: str) -> np.ndarray:
-    """Read one .npy array after checking its header: dtype kind, shape, budget and length.
-
-    Args:
-        stream: binary stream positioned at the magic string.
-        available_bytes: bytes from the stream position to the end of this array's file.
-        where: name for messages, e.g. "data.npz, member 'value'".
-        kinds: accepted dtype kinds ("b", "i", "u", "f", "U", "S").
-        max_elements: budget for the element count.
-        budget_setting: the Budget field named in the message.
-
-    Returns:
-        The array (never an object array: those are refused before reading their bytes).
-    """
-    start = stream.tell()
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version in ((2, 0), (3, 0)):
-            # Version 3 only allows UTF-8 field names; numeric dtypes read the same as version 2.
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise InputError(f"{where}: unsupported .npy format version {version}; expected 1.0-3.0")
-    except InputError:
-        raise
-    except Exception as error:  # numpy reports bad headers with several exception types
-        raise InputError(
-            f"{where}: not a valid .npy array ({error}); expected a file written by numpy.save"
-        ) from error
-    if dtype.hasobject:
-        raise InputError(
-            f"{where}: holds Python objects (a pickled object array, dtype {dtype}); pickles are "
-            "never loaded because they can run code; expected a numeric array"
-        )
-    if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in kinds:
-        raise InputError(f"{where}: has dtype {dtype}; expected {_kinds_for_message(kinds)}")
-    if any(size < 0 for size in shape):
-        raise InputError(f"{where}: declares a negative shape {shape}")
-    count = math.prod(shape)
-    if count > max_elements:
-        raise InputError(
-            f"{where}: declares shape {shape} = {count:,} elements, over the budget of "
-            f"{max_elements:,}; expected a smaller array, or raise Budget.{budget_setting}"
-        )
-    byte_count = count * dtype.itemsize
-    remaining = available_bytes - (stream.tell() - start)
-    if byte_count > remaining:
-        raise InputError(
-            f"{where}: is truncated: its header declares shape {shape} of {dtype} "
-            f"({byte_count:,} bytes) but only {max(remaining, 0):,} bytes follow"
-        )
-    data = _read_exact(stream, byte_count, where)
-    array = np.frombuffer(data, dtype=dtype, count=count)
-    return array.reshape(shape, order="F" if fortran_order else "C")
-
-
-def _kinds_for_message(kinds: str) -> str:
-    words = {"b": "bool", "i": "integer", "u": "unsigned integer", "f": "float",
-             "U": "unicode string", "S": "byte string"}
-    return " or ".join(words[kind] for kind in kinds) + " values"
+              budget_setting: str, allowance: ByteAllowance | None = None) -> np.ndarray:
+    """`npy.read_npy` (kept under its old name for callers of this module)."""
+    return read_npy(stream, available_bytes, where, kinds=kinds, max_elements=max_elements,
+                    budget_setting=budget_setting, allowance=allowance)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,28 +165,75 @@ def _require_entries(nnz: int, where: str):
         raise InputError(f"{where}: the query has no stored entries; expected at least one non-zero")
 
 
+def _dense_to_sparse(dense: np.ndarray, where: str, budget: Budget):
+    """COO parts of a dense [B, M, Dq] array; its non-zeros are counted (in chunks) first.
+
+    Counting first bounds the work by the budget: an all-True [B, M, Dq] array would otherwise
+    build 3 x 8 bytes of indices per element before the non-zero limit is checked.
+    """
+    nnz = count_nonzero(dense)
+    _require_entries(nnz, where)
+    _check_limit(nnz, budget.max_nonzeros, where, "non-zeros", "max_nonzeros")
+    indices = np.stack(np.nonzero(dense), axis=1).astype(np.int64)  # C order: already canonical
+    stored = dense[tuple(indices.T)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = stored.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        position = [int(x) for x in indices[bad[0]]]
+        raise InputError(f"{where} entry {position} overflows float32; expected finite float32 "
+                         "numbers (no NaN or Inf)")
+    return indices, values, nnz
+
+
 def _load_npy_queries(source: _Source, budget: Budget):
-    array = _read_npy(source.stream, source.size, source.name, kinds="biuf",
-                      max_elements=budget.max_dense_floats, budget_setting="max_dense_floats")
+    array = read_npy(source.stream, source.size, source.name, kinds="biuf",
+                     max_elements=budget.max_dense_floats, budget_setting="max_dense_floats",
+                     allowance=source.allowance)
     if array.ndim not in (2, 3):
         raise InputError(
-            f"{source.name}: a query array of shape {array.shape}; expected 2-D [M, Dq] or "
+            f"{source.name}: a query array of shape {_echo(array.shape)}; expected 2-D [M, Dq] or "
             "3-D [B, M, Dq]"
         )
     dense = array[None] if array.ndim == 2 else array
     _check_query_shape(dense.shape, source.name, budget)
-    if dense.dtype.kind == "f":
-        _check_finite(array, source.name)
-    dense = _to_float32(dense, source.name)
-    indices, values = _sparse_rows_from_dense(dense)
-    _require_entries(indices.shape[0], source.name)
-    _check_limit(indices.shape[0], budget.max_nonzeros, source.name, "non-zeros", "max_nonzeros")
+    check_finite(array, source.name)
+    indices, values, nnz = _dense_to_sparse(dense, source.name, budget)
     note = (
         f"{source.name}: the dense query array {list(array.shape)} was converted to a sparse "
-        f"query with {indices.shape[0]:,} non-zeros (density {indices.shape[0] / dense.size:.1%})"
+        f"query with {nnz:,} non-zeros (density {nnz / dense.size:.1%})"
     )
     warnings.warn(note, InputWarning, stacklevel=4)
     return indices, values, dense.shape, "npy-dense", [note]
+
+
+class _LineCursor:
+    """Single lines from `text.line_chunks` for a file's header, then the rest chunk by chunk."""
+
+    def __init__(self, chunks):
+        self._chunks = iter(chunks)
+        self._numbers, self._lines, self._at = [], [], 0
+
+    def next(self):
+        while self._at >= len(self._lines):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return None, None
+            (self._numbers, self._lines), self._at = chunk, 0
+        self._at += 1
+        return self._numbers[self._at - 1], self._lines[self._at - 1]
+
+    def rest(self):
+        yield self._numbers[self._at:], self._lines[self._at:]
+        yield from self._chunks
+
+
+def _scan(source: _Source, max_rows: int):
+    """`text.scan_text` within the source's byte allowance; returns (line count, line chunks)."""
+    source.allowance.take(source.size, "the text")
+    line_count = scan_text(source.stream, source.size, source.name,
+                           max_bytes=source.allowance.limit, max_lines=max_rows + EXTRA_LINES)
+    return line_count, line_chunks(source.stream, source.name)
 
 
 def _load_mtx_queries(source: _Source, budget: Budget):
@@ -237,54 +241,64 @@ def _load_mtx_queries(source: _Source, budget: Budget):
 
     scipy 1.17's C++ reader segfaults on some malformed files (e.g. a last value "5E-" at the
     end of the file), which would take the whole app down; this reader accepts the same
-    coordinate/array, real/integer/pattern, general/symmetric/skew-symmetric files.
+    coordinate/array, real/integer/pattern, general/symmetric/skew-symmetric files, and streams
+    them: the entry count is checked against the size line while the lines are parsed.
     """
     name = source.name
-    lines = _decode_text(source, _csv_byte_limit(max(3 * budget.max_nonzeros, budget.max_dense_floats)),
-                         comment=None)
+    # Text costs a parse per value: a dense array layout gets the non-zero budget too (a larger
+    # dense matrix belongs in a .npy), so every Matrix Market file has at most max_nonzeros lines.
+    line_count, chunks = _scan(source, budget.max_nonzeros)
+    lines = _LineCursor(chunks)
     expected_banner = "'%%MatrixMarket matrix coordinate real general'"
-    if not lines or lines[0][0] != 1 or not lines[0][1].lower().startswith("%%matrixmarket"):
+    number, banner_line = lines.next()
+    if number != 1 or not banner_line.lower().startswith("%%matrixmarket"):
         raise InputError(
             f"{name}: not a Matrix Market file (line 1 is not a %%MatrixMarket banner); expected "
             f"a banner such as {expected_banner}"
         )
-    banner = lines[0][1].lower().split()
+    banner = banner_line.lower().split()
     if (len(banner) != 5 or banner[1] != "matrix" or banner[2] not in ("coordinate", "array")
             or banner[4] not in ("general", "symmetric", "skew-symmetric", "hermitian")):
         raise InputError(
-            f"{name}, line 1: banner {lines[0][1][:80]!r} is not a Matrix Market matrix banner; "
-            f"expected e.g. {expected_banner}"
+            f"{name}, line 1: banner {_echo(banner_line, 80)} is not a Matrix Market matrix "
+            f"banner; expected e.g. {expected_banner}"
         )
     layout, field_kind, symmetry = banner[2:]
     if field_kind not in ("real", "integer", "pattern") or (layout, field_kind) == ("array", "pattern"):
         raise InputError(
-            f"{name}, line 1: has {layout} field '{field_kind}'; expected real, integer or pattern "
-            "values"
+            f"{name}, line 1: has {layout} field {_echo(field_kind, 20)}; expected real, integer or "
+            "pattern values"
         )
     if symmetry == "hermitian" or (layout == "array" and symmetry != "general"):
         raise InputError(
             f"{name}, line 1: '{layout} {symmetry}' matrices are not supported; expected "
             "'coordinate' with general/symmetric/skew-symmetric, or 'array general'"
         )
-    body = [(number, line) for number, line in lines[1:] if not line.lstrip().startswith("%")]
     sizes = "rows columns entries" if layout == "coordinate" else "rows columns"
-    if not body:
+    number, size_line = lines.next()
+    while number is not None and size_line.lstrip().startswith("%"):
+        number, size_line = lines.next()
+    if number is None:
         raise InputError(f"{name}: has no size line after the banner; expected '{sizes}'")
-    size_tokens = body[0][1].split()
+    size_tokens = size_line.split()
     if len(size_tokens) != len(sizes.split()) or not all(
-        re.fullmatch(r"[0-9]+", token) for token in size_tokens
+        re.fullmatch(r"[0-9]{1,18}", token) for token in size_tokens
     ):
         raise InputError(
-            f"{name}, line {body[0][0]}: the size line {body[0][1][:80]!r} is invalid; expected "
+            f"{name}, line {number}: the size line {_echo(size_line, 80)} is invalid; expected "
             f"'{sizes}' as non-negative integers"
         )
     rows, columns = int(size_tokens[0]), int(size_tokens[1])
     shape = (1, rows, columns)
     _check_query_shape(shape, name, budget)
-    entry_lines = body[1:]
+    if symmetry != "general" and rows != columns:
+        raise InputError(
+            f"{name}, line {number}: a {symmetry} matrix must be square; the size line declares "
+            f"{rows:,} x {columns:,}"
+        )
     if layout == "array":
-        _check_limit(rows * columns, budget.max_dense_floats, name, "dense entries",
-                     "max_dense_floats")
+        _check_limit(rows * columns, budget.max_nonzeros, name, "dense entries (one per line)",
+                     "max_nonzeros")
         declared = rows * columns
     else:
         declared = int(size_tokens[2])
@@ -293,35 +307,45 @@ def _load_mtx_queries(source: _Source, budget: Budget):
         _check_limit(stored, budget.max_nonzeros, name, "declared entries", "max_nonzeros")
     if declared == 0:
         raise InputError(f"{name}: the query has no stored entries; expected at least one non-zero")
-    if len(entry_lines) != declared:
+    if line_count - number > declared + EXTRA_LINES:
+        # Known from the raw-byte scan: refuse a flood before parsing any of it.
         raise InputError(
-            f"{name}: the size line declares {declared:,} entries but {len(entry_lines):,} entry "
-            "lines follow; the file is truncated or has extra lines"
+            f"{name}: the size line declares {declared:,} entries but {line_count - number:,} "
+            "lines follow; expected one line per entry (plus a few comments)"
         )
     width = 1 if layout == "array" else (2 if field_kind == "pattern" else 3)
-    table = _parse_numeric_lines(
-        entry_lines, name, columns=(width,), delimiter=None, allow_header=False,
+    table = NumericTable(
+        name, columns=(width,), max_rows=declared, max_values=width * declared,
+        budget_setting="max_nonzeros", delimiter=None, comment="%", allow_header=False,
         columns_hint="(row col value, 1-based)" if width == 3 else "",
-        max_values=width * max(budget.max_nonzeros, budget.max_dense_floats),
-        budget_setting="max_nonzeros",
+        too_many_rows=(f"{name}: the size line declares {declared:,} entries but more entry "
+                       "lines follow; the file has extra lines, or a wrong size line"),
+        capacity=declared,
     )
+    for chunk in lines.rest():
+        table.feed(*chunk)
+    if table.rows != declared:
+        raise InputError(
+            f"{name}: the size line declares {declared:,} entries but {table.rows:,} entry "
+            "lines follow; the file is truncated or has extra lines"
+        )
+    data, line_numbers = table.result()
     if layout == "array":
-        values = table[:, 0]
-        _check_float32_range(values, entry_lines, name)
+        values = data[:, 0]
+        _check_float32_range(values, line_numbers, name)
         dense = values.reshape(columns, rows).T  # array layout is column-major
-        indices, stored_values = _sparse_rows_from_dense(dense[None].astype(np.float32))
-        _require_entries(indices.shape[0], name)
+        indices, stored_values, nnz = _dense_to_sparse(dense[None], name, budget)
         note = (
             f"{name}: the dense Matrix Market array [{rows}, {columns}] was converted to a "
-            f"sparse query with {indices.shape[0]:,} non-zeros"
+            f"sparse query with {nnz:,} non-zeros"
         )
         warnings.warn(note, InputWarning, stacklevel=4)
         return indices, stored_values, shape, "mtx", [note]
-    row_index = _checked_index_column(table[:, 0], entry_lines, name, "row", low=1, high=rows)
-    column_index = _checked_index_column(table[:, 1], entry_lines, name, "column", low=1,
+    row_index = _checked_index_column(data[:, 0], line_numbers, name, "row", low=1, high=rows)
+    column_index = _checked_index_column(data[:, 1], line_numbers, name, "column", low=1,
                                          high=columns)
-    values = np.ones(table.shape[0]) if field_kind == "pattern" else table[:, 2]
-    _check_float32_range(values, entry_lines, name)
+    values = np.ones(data.shape[0]) if field_kind == "pattern" else data[:, 2]
+    _check_float32_range(values, line_numbers, name)
     row_index, column_index = row_index - 1, column_index - 1
     if symmetry != "general":
         mirrored = row_index != column_index
@@ -337,149 +361,59 @@ def _load_mtx_queries(source: _Source, budget: Budget):
     return indices, stored_values, shape, "mtx", notes
 
 
-def _decode_text(source: _Source, max_bytes: int, *, comment: str | None = "#"):
-    """The non-blank lines of a text file (less `comment` lines) with 1-based line numbers."""
-    if source.size > max_bytes:
-        raise InputError(
-            f"{source.name}: is {source.size:,} bytes, over the {max_bytes:,} bytes the budget "
-            "allows for a text file; expected a smaller file, or raise the Budget"
-        )
-    raw = _read_exact(source.stream, source.size, source.name)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise InputError(
-            f"{source.name}, line {line}: the file is not UTF-8 text (byte {error.start}); "
-            "expected a text file"
-        ) from error
-    return [
-        (number, line)
-        for number, line in enumerate(text.splitlines(), 1)
-        if line.strip() and (comment is None or not line.lstrip().startswith(comment))
-    ]
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
-def _parse_numeric_lines(
-    lines, name: str, *, columns: tuple[int, ...] | None, max_values: int, budget_setting: str,
-    max_rows: int | None = None, delimiter: str | None = ",", allow_header: bool = True,
-    columns_hint: str = "",
-) -> np.ndarray:
-    """Parse numeric text lines into a float64 table; `lines` is trimmed of a header in place.
-
-    Args:
-        lines: list of (line number, text), modified in place: a skipped header is removed, so
-            `lines[row]` is the source line of table row `row`.
-        name: file name for messages.
-        columns: accepted column counts, or None for any (consistent) count.
-        max_values: budget on rows * columns.
-        budget_setting: the Budget field named in messages.
-        max_rows: optional budget on the number of rows.
-        delimiter: "," for csv, None for whitespace (Matrix Market).
-        allow_header: skip a first line with no numeric token (e.g. "row,col,value").
-        columns_hint: what the columns mean, for the message.
-
-    Returns:
-        float64 `[rows, columns]`, all finite.
-    """
-    if allow_header and lines and not any(_is_number(t) for t in lines[0][1].split(delimiter)):
-        del lines[0]
-    if not lines:
-        raise InputError(f"{name}: has no data rows; expected lines of numbers")
-    width = len(lines[0][1].split(delimiter))
-    if columns is not None and width not in columns:
-        raise InputError(
-            f"{name}, line {lines[0][0]}: found {width} columns; expected "
-            + " or ".join(str(count) for count in columns) + f" columns {columns_hint}".rstrip()
-        )
-    if max_rows is not None:
-        _check_limit(len(lines), max_rows, name, "entries (rows)", budget_setting)
-    _check_limit(len(lines) * width, max_values, name, "values", budget_setting)
-    try:
-        table = np.loadtxt([line for _, line in lines], delimiter=delimiter, dtype=np.float64,
-                           ndmin=2, comments=None)
-    except ValueError as error:
-        raise InputError(_locate_text_problem(lines, width, name, error, delimiter)) from error
-    if table.shape != (len(lines), width):
-        raise InputError(f"{name}: rows have {table.shape[1]} columns; expected {width}")
-    bad = np.argwhere(~np.isfinite(table))
-    if bad.size:
-        row, column = (int(x) for x in bad[0])
-        raise InputError(
-            f"{name}, line {lines[row][0]}, column {column + 1}: {table[row, column]} is not a "
-            "finite number; expected no NaN or Inf"
-        )
-    return table
-
-
-def _locate_text_problem(lines, width: int, name: str, error: Exception, delimiter) -> str:
-    # numpy's row numbers skip blank lines and the header; find the real line for the message.
-    for number, line in lines:
-        tokens = line.split(delimiter)
-        if len(tokens) != width:
-            return f"{name}, line {number}: found {len(tokens)} columns; expected {width}"
-        for column, token in enumerate(tokens, 1):
-            if not _is_number(token):
-                return (f"{name}, line {number}, column {column}: {token.strip()[:40]!r} is not a "
-                        "number; expected numeric values")
-    return f"{name}: cannot parse the numbers ({error}); expected numeric values"
-
-
-def _checked_index_column(values: np.ndarray, lines, name: str, label: str, *, low: int,
+def _checked_index_column(values: np.ndarray, line_numbers, name: str, label: str, *, low: int,
                           high: int, high_reason: str = "") -> np.ndarray:
     """Integer indices from a float column: whole numbers in [low, high], else the line is named."""
     bad = np.flatnonzero((values < low) | (values > high) | (values != np.floor(values)))
     if bad.size:
         row = int(bad[0])
         raise InputError(
-            f"{name}, line {lines[row][0]}: {label} index {values[row]:g} is invalid; expected an "
-            f"integer from {low} to {high:,}{high_reason}"
+            f"{name}, line {line_numbers[row]:,}: {label} index {values[row]:g} is invalid; "
+            f"expected an integer from {low} to {high:,}{high_reason}"
         )
     return values.astype(np.int64)
 
 
-def _check_float32_range(values: np.ndarray, lines, name: str):
+def _check_float32_range(values: np.ndarray, line_numbers, name: str):
     too_large = np.flatnonzero(np.abs(values) > np.finfo(np.float32).max)
     if too_large.size:
         row = int(too_large[0])
         raise InputError(
-            f"{name}, line {lines[row][0]}: value {values[row]:g} overflows float32; expected "
-            "magnitudes below 3.4e38"
+            f"{name}, line {line_numbers[row]:,}: value {values[row]:g} overflows float32; "
+            "expected magnitudes below 3.4e38"
         )
 
 
-def _csv_byte_limit(values: int) -> int:
-    # 64 bytes per allowed value is far beyond any sane number formatting; bigger is not a csv we want.
-    return 64 * values + 4096
+def _read_table(source: _Source, *, columns, max_rows: int, max_values: int, budget_setting: str,
+                columns_hint: str = ""):
+    """A csv file as a float64 table and each row's line number, parsed chunk by chunk."""
+    line_count, chunks = _scan(source, max_rows)
+    table = NumericTable(source.name, columns=columns, max_rows=max_rows, max_values=max_values,
+                         budget_setting=budget_setting, columns_hint=columns_hint,
+                         capacity=line_count)
+    for chunk in chunks:
+        table.feed(*chunk)
+    return table.result()
 
 
 def _load_csv_queries(source: _Source, budget: Budget):
     name = source.name
-    lines = _decode_text(source, _csv_byte_limit(4 * budget.max_nonzeros))
-    table = _parse_numeric_lines(
-        lines, name, columns=(3, 4), columns_hint="(row,col,value or batch,row,col,value)",
-        max_values=4 * budget.max_nonzeros, budget_setting="max_nonzeros",
-        max_rows=budget.max_nonzeros,
+    table, line_numbers = _read_table(
+        source, columns=(3, 4), columns_hint="(row,col,value or batch,row,col,value)",
+        max_rows=budget.max_nonzeros, max_values=4 * budget.max_nonzeros,
+        budget_setting="max_nonzeros",
     )
     if table.shape[1] == 3:
         table = np.concatenate([np.zeros((table.shape[0], 1)), table], axis=1)
     # Indices past the budget would make the inferred query shape itself too big.
     largest = budget.max_dense_floats - 1
     coordinates = np.stack(
-        [_checked_index_column(table[:, column], lines, name, label, low=0, high=largest,
+        [_checked_index_column(table[:, column], line_numbers, name, label, low=0, high=largest,
                                high_reason=" (raise Budget.max_dense_floats for larger shapes)")
          for column, label in enumerate(("batch", "row", "col"))],
         axis=1,
     )
-    _check_float32_range(table[:, 3], lines, name)
+    _check_float32_range(table[:, 3], line_numbers, name)
     shape = tuple(int(size) + 1 for size in coordinates.max(axis=0))
     _check_query_shape(shape, name, budget)
     indices, values, merged = _canonical_coo(coordinates, table[:, 3], name)
@@ -490,20 +424,13 @@ def _load_csv_queries(source: _Source, budget: Budget):
 
 
 def _load_npz(source: _Source, budget: Budget):
-    """Open a .npz and read the headers of all members; returns (zipfile, {member: name})."""
-    try:
-        archive = zipfile.ZipFile(source.stream)
-        names = archive.namelist()
-    except Exception as error:  # BadZipFile, OSError, ValueError, ... for damaged archives
-        raise InputError(
-            f"{source.name}: not a readable .npz archive ({error}); expected a file written by "
-            "numpy.savez, scipy.sparse.save_npz or sdattn.save_inputs"
-        ) from error
-    if len(names) > _MAX_NPZ_MEMBERS:
-        raise InputError(
-            f"{source.name}: has {len(names):,} members; expected a bundle or sparse matrix"
-        )
-    members = {member[:-4]: member for member in names if member.endswith(".npy")}
+    """Open a .npz through its checked zip directory; returns (SafeArchive, {key: member name}).
+
+    The archive's member count, methods and declared sizes are checked here, before any member
+    is opened; each `_npz_member` read then takes its bytes from the archive's byte allowance.
+    """
+    archive = SafeArchive(source.stream, source.size, source.name, budget)
+    members = {key: member.name for key, member in npy_members(archive.members).items()}
     if not members:
         raise InputError(
             f"{source.name}: holds no .npy arrays; expected an sdattn bundle or a scipy.sparse "
@@ -512,12 +439,10 @@ def _load_npz(source: _Source, budget: Budget):
     return archive, members
 
 
-def _npz_member(archive, members, key, source_name, *, kinds, max_elements, budget_setting):
-    where = f"{source_name}, array '{key}'"
-    info = archive.getinfo(members[key])
-    with archive.open(info) as stream:
-        return _read_npy(stream, info.file_size, where, kinds=kinds, max_elements=max_elements,
-                         budget_setting=budget_setting)
+def _npz_member(archive: SafeArchive, members, key, source_name, *, kinds, max_elements,
+                budget_setting):
+    return archive.read_array(members[key], f"{source_name}, array '{key}'", kinds=kinds,
+                              max_elements=max_elements, budget_setting=budget_setting)
 
 
 def _load_scipy_npz_queries(archive, members, source: _Source, budget: Budget):
@@ -535,16 +460,16 @@ def _load_scipy_npz_queries(archive, members, source: _Source, budget: Budget):
         sparse_format = str(sparse_format.item().decode("ascii") if sparse_format.dtype.kind == "S"
                             else sparse_format.item())
     except (UnicodeDecodeError, ValueError) as error:
-        raise InputError(f"{name}: array 'format' is not a format name") from error
+        raise InputError(f"{name}: array 'format' is not a format name") from None
     if sparse_format not in ("csr", "csc", "coo"):
         raise InputError(
-            f"{name}: sparse format '{sparse_format[:16]}' is not supported; expected csr, csc or "
+            f"{name}: sparse format {_echo(sparse_format, 20)} is not supported; expected csr, csc or "
             "coo (convert with .tocsr() before save_npz)"
         )
     shape_array = member("shape", "iu", 3)
     if shape_array.ndim != 1 or shape_array.size not in (2, 3):
         raise InputError(
-            f"{name}: array 'shape' is {shape_array.tolist()}; expected (M, Dq) or (B, M, Dq)"
+            f"{name}: array 'shape' is {_echo(shape_array.tolist())}; expected (M, Dq) or (B, M, Dq)"
         )
     matrix_shape = tuple(int(size) for size in shape_array)
     shape = (1, *matrix_shape) if len(matrix_shape) == 2 else matrix_shape
@@ -554,8 +479,7 @@ def _load_scipy_npz_queries(archive, members, source: _Source, budget: Budget):
     data = member("data", "biuf", nnz_limit)
     if data.ndim != 1:
         raise InputError(f"{name}: array 'data' has shape {data.shape}; expected 1-D")
-    if data.dtype.kind == "f":
-        _check_finite(data, f"{name}, array 'data'")
+    check_finite(data, f"{name}, array 'data'")
     nnz = data.shape[0]
 
     def index_array(key, length, upper, limit=nnz_limit):
@@ -638,33 +562,33 @@ def _load_keys(keys, batch_size: int, query_dim: int, budget: Budget, num_genera
         array = keys
         description = {"array": list(keys.shape)}
     else:
-        source = _Source(keys, _csv_byte_limit(budget.max_dense_floats))
+        source = _Source(keys, budget.max_bytes)
         name = source.name
+        source.allowance = ByteAllowance(budget.max_bytes, name)
         try:
             if source.extension == ".npy":
-                array = _read_npy(source.stream, source.size, name, kinds="biuf",
-                                  max_elements=budget.max_dense_floats,
-                                  budget_setting="max_dense_floats")
+                array = read_npy(source.stream, source.size, name, kinds="biuf",
+                                 max_elements=budget.max_dense_floats,
+                                 budget_setting="max_dense_floats", allowance=source.allowance)
             elif source.extension == ".csv":
-                lines = _decode_text(source, _csv_byte_limit(budget.max_dense_floats))
-                array = _parse_numeric_lines(lines, name, columns=None,
-                                             max_values=budget.max_dense_floats,
-                                             budget_setting="max_dense_floats")
+                array, _ = _read_table(source, columns=None, max_rows=budget.max_dense_floats,
+                                       max_values=budget.max_dense_floats,
+                                       budget_setting="max_dense_floats")
             else:
                 raise InputError(
-                    f"{name}: unknown key file type '{source.extension or '(none)'}'; expected "
-                    ".npy or a dense .csv"
+                    f"{name}: unknown key file type '{(source.extension or '(none)')[:20]}'; "
+                    "expected .npy or a dense .csv"
                 )
         finally:
             source.close()
         description = {"file": name}
     if array.ndim not in (2, 3) or 0 in array.shape:
         raise InputError(
-            f"{name}: keys of shape {array.shape}; expected a non-empty [N, D] or [B, N, D] array"
+            f"{name}: keys of shape {_echo(array.shape)}; expected a non-empty [N, D] or "
+            "[B, N, D] array"
         )
     value = array[None] if array.ndim == 2 else array
-    if value.dtype.kind == "f":
-        _check_finite(value, name)
+    check_finite(value, name)
     value = _to_float32(value, name)
     note = None
     if value.shape[0] != batch_size:
@@ -690,12 +614,8 @@ def _json_array(payload) -> np.ndarray:
 
 
 def _array_json(array: np.ndarray, where: str):
-    if array.ndim != 1:
-        raise InputError(f"{where}: has shape {array.shape}; expected 1-D UTF-8 JSON bytes")
-    try:
-        return json.loads(array.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise InputError(f"{where}: is not valid UTF-8 JSON ({error})") from error
+    """`schema.decode_json` (kept under its old name for callers of this module)."""
+    return schema.decode_json(array, where)
 
 
 def save_inputs(example: Example, path_or_file, extras: dict[str, Any] | None = None) -> None:
@@ -708,13 +628,13 @@ def save_inputs(example: Example, path_or_file, extras: dict[str, Any] | None = 
         example: a valid example (checked with `validate_example`).
         path_or_file: a path ending in .npz, or a writable binary file object.
         extras: optional named payloads stored beside the example, e.g. a run's config and
-            results. A numpy array (numeric, bool or string dtype) is stored as member
-            `extra.<name>`; any other JSON-serialisable value as JSON in `extra_json.<name>`.
-            Read them back with `load_inputs(..., return_extras=True)`.
+            results. A numpy array (bool, integer, float, or strings of at most 4,096 bytes each)
+            is stored as member `extra.<name>`; any other JSON-serialisable value as JSON in
+            `extra_json.<name>`. Read them back with `load_inputs(..., return_extras=True)`.
 
     Raises:
-        InputError: invalid or empty example, non-JSON metadata, bad extra name, or an
-            object-dtype extra.
+        InputError: invalid or empty example, non-JSON metadata, bad extra name, or an extra
+            array `load_inputs` would refuse (object, complex, structured, or long strings).
     """
     validate_example(example)
     _require_entries(example.nnz, "the example")
@@ -722,7 +642,8 @@ def save_inputs(example: Example, path_or_file, extras: dict[str, Any] | None = 
         metadata_json = _json_array(_json_ready(example.metadata))
     except (TypeError, ValueError) as error:
         raise InputError(
-            f"metadata is not JSON-serialisable ({error}); expected plain JSON values"
+            f"metadata is not JSON-serialisable ({_echo(str(error), 80)}); expected plain JSON "
+            "values"
         ) from error
     arrays = {
         "bundle_info": _json_array({"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION}),
@@ -743,13 +664,17 @@ def save_inputs(example: Example, path_or_file, extras: dict[str, Any] | None = 
     for extra_name, payload in (extras or {}).items():
         if not isinstance(extra_name, str) or not _EXTRA_NAME.match(extra_name):
             raise InputError(
-                f"extra name {extra_name!r} is invalid; expected letters, digits, '_', '-' or '.'"
+                f"extra name {_echo(extra_name)} is invalid; expected letters, digits, '_', '-' "
+                "or '.'"
             )
         if isinstance(payload, np.ndarray):
-            if payload.dtype.kind not in "biufcUS" or payload.dtype.fields is not None:
+            dtype = payload.dtype
+            if (dtype.kind not in _EXTRA_KINDS or dtype.fields is not None
+                    or (dtype.kind in "US" and dtype.itemsize > MAX_STRING_ITEMSIZE)):
                 raise InputError(
-                    f"extra '{extra_name}' has dtype {payload.dtype}; expected a numeric, bool or "
-                    "string array (object arrays would need pickles)"
+                    f"extra '{extra_name}' has dtype {_cut(dtype)}; expected a bool, "
+                    f"integer, float or string array (strings of at most {MAX_STRING_ITEMSIZE:,} "
+                    "bytes; object arrays would need pickles)"
                 )
             arrays[f"extra.{extra_name}"] = payload
         else:
@@ -757,22 +682,57 @@ def save_inputs(example: Example, path_or_file, extras: dict[str, Any] | None = 
                 arrays[f"extra_json.{extra_name}"] = _json_array(_json_ready(payload))
             except (TypeError, ValueError) as error:
                 raise InputError(
-                    f"extra '{extra_name}' is neither a numpy array nor JSON-serialisable ({error})"
+                    f"extra '{extra_name}' is neither a numpy array nor JSON-serialisable "
+                    f"({_echo(str(error), 80)})"
                 ) from error
     if isinstance(path_or_file, (str, os.PathLike)):
         path = pathlib.Path(path_or_file)
         if path.suffix.lower() != ".npz":
-            raise InputError(f"{path}: a bundle path must end in .npz")
+            raise InputError(f"{_display_name(str(path))}: a bundle path must end in .npz")
         with open(path, "wb") as stream:
             np.savez_compressed(stream, **arrays)
     else:
         np.savez_compressed(path_or_file, **arrays)
 
 
-def _load_bundle(archive, members, source: _Source, budget: Budget):
-    name = source.name
+# The members of a bundle, besides `extra.<name>` / `extra_json.<name>`: (dtype kinds, required).
+_BUNDLE_MEMBERS = {
+    "bundle_info": ("u", True),
+    "query_shape": ("iu", True),
+    "query_indices": ("iu", True),
+    "query_values": ("biuf", True),
+    "value": ("biuf", True),
+    "query_mask": ("b", True),
+    "value_mask": ("b", True),
+    "metadata": ("u", True),
+    "query_labels": ("u", False),
+    "key_labels": ("u", False),
+    "ground_truth": ("iu", False),
+}
 
-    def member(key, kinds, limit, setting="max_dense_floats", required=True):
+
+def _load_bundle(archive: SafeArchive, members, source: _Source, budget: Budget):
+    """An sdattn bundle, every field checked against the layout in the README.
+
+    The member names are checked against the layout from the zip directory before any member is
+    read; each array's dtype, shape and bytes before its data is read; each JSON member against
+    `schema` (labels are lists of strings, metadata notes are strings, versions are versions).
+    """
+    name = source.name
+    unknown = [key for key in members
+               if key not in _BUNDLE_MEMBERS and not (
+                   (key.startswith("extra.") or key.startswith("extra_json."))
+                   and _EXTRA_NAME.match(key.split(".", 1)[1]))]
+    others = [member for member in archive.namelist() if not member.endswith(".npy")]
+    if unknown or others:
+        raise InputError(
+            f"{name}: holds member {_echo((unknown or others)[0])}, which is not part of an sdattn "
+            "bundle; expected only the members save_inputs writes (README: the bundle layout)"
+        )
+    json_left = [_MAX_FILE_JSON]
+
+    def member(key, limit, setting="max_dense_floats"):
+        kinds, required = _BUNDLE_MEMBERS.get(key, (_EXTRA_KINDS, False))
         if key not in members:
             if required:
                 raise InputError(f"{name}: the sdattn bundle is missing array '{key}'")
@@ -780,43 +740,63 @@ def _load_bundle(archive, members, source: _Source, budget: Budget):
         return _npz_member(archive, members, key, name, kinds=kinds, max_elements=limit,
                            budget_setting=setting)
 
-    json_limit = 8 * budget.max_dense_floats  # bytes of label / metadata JSON
-    info = _array_json(member("bundle_info", "u", 4096), f"{name}, array 'bundle_info'")
-    if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
-        raise InputError(f"{name}: array 'bundle_info' does not describe an sdattn bundle")
-    if not isinstance(info.get("version"), int) or info["version"] > BUNDLE_VERSION:
-        raise InputError(
-            f"{name}: bundle version {info.get('version')!r} is newer than this sdattn reads "
-            f"(up to {BUNDLE_VERSION}); expected a bundle from this version"
-        )
-    shape_array = member("query_shape", "iu", 3)
+    def json_member(key, limit=_MAX_MEMBER_JSON):
+        if key not in members:
+            member(key, 0)  # the missing-array message, when it is required
+            return None
+        where = f"{name}, array '{key}'"
+        size = archive.getinfo(members[key]).size
+        if size > min(limit, json_left[0]) + 256:  # 256: the .npy header
+            raise InputError(
+                f"{where}: is {size:,} bytes of JSON, over the limit of {min(limit, json_left[0]):,}"
+                " bytes; expected a smaller bundle"
+            )
+        json_left[0] -= size
+        raw = _npz_member(archive, members, key, name, kinds="u", max_elements=limit,
+                          budget_setting="max_bytes")
+        if raw.dtype != np.uint8:
+            raise InputError(f"{where}: has dtype {raw.dtype}; expected uint8 UTF-8 JSON bytes")
+        return schema.decode_json(raw, where)
+
+    info = json_member("bundle_info", 4096)
+    schema.check_bundle_info(info, f"{name}, array 'bundle_info'", BUNDLE_VERSION)
+    shape_array = member("query_shape", 3)
     if shape_array.shape != (3,):
-        raise InputError(f"{name}: array 'query_shape' is {shape_array.tolist()}; expected [B, M, Dq]")
+        raise InputError(
+            f"{name}: array 'query_shape' is {_echo(shape_array.tolist())}; expected [B, M, Dq]"
+        )
     shape = tuple(int(size) for size in shape_array)
     _check_query_shape(shape, name, budget)
-    indices = member("query_indices", "iu", 3 * budget.max_nonzeros, "max_nonzeros")
-    values = member("query_values", "biuf", budget.max_nonzeros, "max_nonzeros")
-    value = member("value", "biuf", budget.max_dense_floats)
-    query_mask = member("query_mask", "b", budget.max_dense_floats)
-    value_mask = member("value_mask", "b", budget.max_dense_floats)
-    truth = member("ground_truth", "iu", budget.max_dense_floats, required=False)
-    metadata = _array_json(member("metadata", "u", json_limit), f"{name}, array 'metadata'")
-    labels = {}
-    for key in ("query_labels", "key_labels"):
-        raw = member(key, "u", json_limit, required=False)
-        labels[key] = None if raw is None else _array_json(raw, f"{name}, array '{key}'")
+    batch_size, num_queries, _ = shape
+    indices = member("query_indices", 3 * budget.max_nonzeros, "max_nonzeros")
+    values = member("query_values", budget.max_nonzeros, "max_nonzeros")
+    value = member("value", budget.max_dense_floats)
+    query_mask = member("query_mask", budget.max_dense_floats)
+    value_mask = member("value_mask", budget.max_dense_floats)
+    truth = member("ground_truth", budget.max_dense_floats)
     if indices.ndim != 2 or indices.shape[1:] != (3,):
-        raise InputError(f"{name}: array 'query_indices' has shape {indices.shape}; expected [nnz, 3]")
+        raise InputError(
+            f"{name}: array 'query_indices' has shape {_echo(indices.shape)}; expected [nnz, 3]"
+        )
     if values.shape != (indices.shape[0],):
         raise InputError(
-            f"{name}: array 'query_values' has shape {values.shape}; expected [{indices.shape[0]}]"
+            f"{name}: array 'query_values' has shape {_echo(values.shape)}; expected "
+            f"[{indices.shape[0]}]"
         )
     if value.ndim != 3:
-        raise InputError(f"{name}: array 'value' has shape {value.shape}; expected [B, N, D]")
-    if values.dtype.kind == "f":
-        _check_finite(values, f"{name}, array 'query_values'")
-    if value.dtype.kind == "f":
-        _check_finite(value, f"{name}, array 'value'")
+        raise InputError(
+            f"{name}: array 'value' has shape {_echo(value.shape)}; expected [B, N, D]"
+        )
+    num_keys = value.shape[1]
+    metadata = json_member("metadata")
+    schema.check_metadata(metadata, f"{name}, array 'metadata'")
+    labels = {}
+    for key, count in (("query_labels", num_queries), ("key_labels", num_keys)):
+        labels[key] = json_member(key, _MAX_LABELS_JSON)
+        if labels[key] is not None:
+            schema.check_labels(labels[key], f"{name}, array '{key}'", count)
+    check_finite(values, f"{name}, array 'query_values'")
+    check_finite(value, f"{name}, array 'value'")
     _check_index_range(indices, shape, f"{name}, array 'query_indices'", ("b", "m", "d"))
     notes = []
     canonical_indices, canonical_values, merged = _canonical_coo(indices, values, name)
@@ -824,15 +804,13 @@ def _load_bundle(archive, members, source: _Source, budget: Budget):
         summed = f" and {merged} duplicates summed" if merged else ""
         notes.append(f"{name}: query entries were sorted{summed}")
     if truth is not None and truth.ndim == 3:
-        bad = np.argwhere((truth < -1) | (truth >= max(value.shape[1], 0)))
+        bad = np.argwhere((truth < -1) | (truth >= max(num_keys, 0)))
         if bad.size:
             position = [int(x) for x in bad[0]]
             raise InputError(
                 f"{name}, array 'ground_truth' entry {position}: {int(truth[tuple(position)])} is "
-                f"out of range; expected -1 or a key position in [0, {value.shape[1]})"
+                f"out of range; expected -1 or a key position in [0, {num_keys})"
             )
-    if not isinstance(metadata, dict):
-        raise InputError(f"{name}: array 'metadata' is not a JSON object")
     if notes:
         metadata.setdefault("notes", []).extend(notes)
     example = Example(
@@ -850,16 +828,16 @@ def _load_bundle(archive, members, source: _Source, budget: Budget):
     try:
         validate_example(example, budget=budget)
     except InputError as error:
-        raise InputError(f"{name}: {error}") from error
+        raise InputError(f"{name}: {error}") from None
     _require_entries(example.nnz, name)
     extras = {}
     for key in members:
         if key.startswith("extra."):
-            extras[key[len("extra."):]] = np.array(member(key, "biufcUS", budget.max_dense_floats))
+            extras[key[len("extra."):]] = member(key, budget.max_dense_floats)
         elif key.startswith("extra_json."):
-            extras[key[len("extra_json."):]] = _array_json(
-                member(key, "u", json_limit), f"{name}, array '{key}'"
-            )
+            extra_name = key[len("extra_json."):]
+            extras[extra_name] = json_member(key)
+            schema.check_extra_json(extra_name, extras[extra_name], f"{name}, array '{key}'")
     return example, extras
 
 
@@ -887,7 +865,10 @@ def load_inputs(
     - `.npy`: a dense query array [M, Dq] or [B, M, Dq], converted to sparse with an
       `InputWarning` and a note in `metadata["notes"]`.
 
-    Sizes are checked against the budget from headers before anything large is allocated.
+    Work is bounded by bytes before anything is decoded: the zip directory (member count,
+    methods, declared sizes), `.npy` headers (length, dtype, elements x itemsize), and text files
+    (size, line count, line length, then rows while parsing) are checked against the budget, so
+    memory stays bounded by `Budget.max_bytes` rather than by what a file claims.
 
     Args:
         path_or_file: a path, or a binary file object with a `.name` (e.g. Streamlit's
@@ -896,9 +877,11 @@ def load_inputs(
             object of a `.npy` or dense `.csv` (one key per line). None generates
             `num_generated_keys` standard-normal keys of size Dq with a fixed seed, recorded in
             `metadata["keys"]`. Ignored (with a warning) for bundles, which carry their keys.
-        budget: size limits; default `Budget()` (5M non-zeros, 50M dense floats).
+        budget: size limits; default `Budget()` (5M non-zeros, 50M dense floats, 512 MiB).
         num_generated_keys: N for generated keys.
-        return_extras: also return the bundle's extra payloads (see `save_inputs`).
+        return_extras: also return the bundle's extra payloads (see `save_inputs`). One call
+            with `return_extras=True` gives both the example and, e.g., a session config: load
+            an upload once and derive both from the result.
 
     Returns:
         The `Example`, or `(example, extras)` when `return_extras` is True (`extras` is empty for
@@ -914,16 +897,16 @@ def load_inputs(
         raise InputError(f"budget must be an sdattn Budget; received {type(budget).__name__}")
     source = None
     try:
-        source = _Source(path_or_file, max(_csv_byte_limit(4 * budget.max_nonzeros),
-                                           16 * budget.max_dense_floats))
+        source = _Source(path_or_file, budget.max_bytes)
+        source.allowance = ByteAllowance(budget.max_bytes, source.name)
         example, extras = _load_from_source(source, keys, budget, num_generated_keys)
     except InputError:
         raise
     except Exception as error:  # a bad file must never crash the app: anything else is an input error
         name = getattr(source, "name", "the input")
         raise InputError(
-            f"{name}: cannot read the file ({type(error).__name__}: {error}); expected a "
-            f"valid {getattr(source, 'extension', '') or 'input'} file"
+            f"{name}: cannot read the file ({type(error).__name__}: {_echo(str(error), 80)}); "
+            f"expected a valid {getattr(source, 'extension', '') or 'input'} file"
         ) from error
     finally:
         if source is not None:
@@ -938,7 +921,7 @@ def _load_from_source(source: _Source, keys, budget: Budget, num_generated_keys:
     name = source.name
     if source.extension not in (".npz", *_QUERY_LOADERS):
         raise InputError(
-            f"{name}: unknown file type '{source.extension or '(none)'}'; expected .npz (bundle or "
+            f"{name}: unknown file type '{(source.extension or '(none)')[:20]}'; expected .npz (bundle or "
             "scipy.sparse), .mtx (Matrix Market), .csv (row,col,value triples) or .npy (dense array)"
         )
     if source.size == 0:
@@ -952,7 +935,7 @@ def _load_from_source(source: _Source, keys, budget: Budget, num_generated_keys:
             return _load_bundle(archive, members, source, budget)
         if "format" not in members:
             raise InputError(
-                f"{name}: holds arrays {sorted(members)[:10]}; expected an sdattn bundle (with "
+                f"{name}: holds arrays {_echo(sorted(members)[:10])}; expected an sdattn bundle (with "
                 "'bundle_info') or a scipy.sparse.save_npz matrix (with 'format', 'shape', 'data')"
             )
         indices, values, shape, query_format, notes = _load_scipy_npz_queries(
