@@ -232,7 +232,7 @@ def test_bad_url_values_fall_back_to_defaults_with_a_notice():
     assert at.selectbox(key=params.SELECTOR).value == params.DEFAULT_SELECTOR
     assert at.number_input(key=params.SEED).value == params.DEFAULT_SEED
     assert at.selectbox(key=params.QUERY).value == 0
-    notice = at.toast[0].value
+    notice = at.warning[0].value  # persistent in the page, not a toast
     for name in ("k=abc", "heads=3", "kind=nope", "seed=99999999999", "num_queries=many"):
         assert name in notice
     assert at.query_params[params.TOP_K] == str(params.DEFAULT_TOP_K)  # corrected in the URL
