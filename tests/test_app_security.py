@@ -13,7 +13,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 import sdattn
-from app_cases import APP, open_app
+from app_cases import APP, chart, open_app
 from sdattn import inputs
 from ui import bundle, params, runner, url_state
 from ui.text import literal, shorten
@@ -153,6 +153,23 @@ def test_hostile_bundle_text_is_shown_literally():
     restored = [t for t in texts if "restored" in t]
     assert len(restored) == 1 and "not restored" in restored[0], restored
     assert at.selectbox(key=params.QUERY).value == 1  # the valid setting was applied
+    # Plotly reads `<a href>`, `<b>` and `<br>` in its text: the labels arrive as entities.
+    for key in ("selection_view", "head_heatmaps", "detail_ranked"):
+        strings = list(_strings(chart(at, key)))
+        assert not any(re.search(r"<(img|a)[\s>]", text, re.I) for text in strings), key
+        assert any("&lt;img src=" in text for text in strings), key
+
+
+def _strings(value):
+    """Every string inside a decoded figure."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
 
 
 def test_an_unreadable_upload_names_the_file_literally():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 # CommonMark lets a backslash escape any ASCII punctuation character; Streamlit's markdown adds
@@ -55,3 +56,12 @@ def literal(text: object, limit: int | None = DEFAULT_LIMIT) -> str:
     flat = shorten(text, limit) if limit is not None else _CONTROL.sub("", _LINE_BREAKS.sub(" ", str(text)))
     unlinked = _AUTOLINKS.sub(lambda match: match.group(0) + _WORD_JOINER, flat)
     return _PUNCTUATION.sub(r"\\\1", unlinked)
+
+
+def plotly_literal(text: object) -> str:
+    """Plotly text that shows exactly as `text` reads: `&`, `<` and `>` as entities.
+
+    Plotly reads a pseudo-HTML subset in every text it draws (tick labels, hover, titles):
+    `<a href>` links, `<b>`, `<br>`. Use it for labels from a file inside a figure.
+    """
+    return html.escape(str(text), quote=False)
