@@ -6,12 +6,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui import url_state
+from ui import serving, url_state
 from ui.errors import friendly_errors
 from ui.runner import tensorflow_device
 from ui.widgets import image_format_control
 
 ROOT = Path(__file__).parent
+serving.keep_keras_state()  # no keras clear_session (a gc.collect) after every run
+serving.freeze_imported_objects()  # the GC no longer walks TensorFlow's objects (once)
 
 st.set_page_config(
     page_title="sdattn: sparse-dense attention",
