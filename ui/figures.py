@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
+from ui.figure_cache import shared_figure
 from ui.text import plotly_literal
 
 # Viridis clipped to its middle: the darkest purple vanishes on the dark theme's background and
@@ -271,6 +272,7 @@ def _facet_grid(count: int, rows: int, cols: int, titles: Sequence[str], hgap: f
 # ----------------------------------------------------------------------------- figures
 
 
+@shared_figure  # one figure per distinct input, for every session
 def selection_figure(
     indices: np.ndarray,
     *,
@@ -388,6 +390,7 @@ def selection_figure(
     return go.Figure(dict(data=traces, layout=_query_key_layout(title or default_title, x_labels, y_labels)))
 
 
+@shared_figure  # one figure per distinct input, for every session
 def head_heatmaps_figure(
     weights: np.ndarray,
     *,
@@ -491,6 +494,7 @@ def head_heatmaps_figure(
     return go.Figure(dict(data=traces, layout=layout))
 
 
+@shared_figure  # one figure per distinct input, for every session
 def ranked_scores_figure(
     logits: np.ndarray,
     selected: np.ndarray,
@@ -649,6 +653,7 @@ def selection_diff_grid(indices_a: np.ndarray, indices_b: np.ndarray, num_keys: 
     return codes
 
 
+@shared_figure  # one figure per distinct input, for every session
 def selection_diff_figure(
     indices_a: np.ndarray,
     indices_b: np.ndarray,
