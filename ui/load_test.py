@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -256,7 +257,20 @@ def run_load_test(base_url: str, sessions: int, *, query: str = SHARED_QUERY,
         seed: seeds those waits.
     """
     random.seed(seed)
-    return asyncio.run(_classroom(base_url, sessions, query, spread_s))
+    outcome: dict = {}
+
+    def classroom() -> None:  # its own thread: the caller may run an event loop (Playwright)
+        try:
+            outcome["figures"] = asyncio.run(_classroom(base_url, sessions, query, spread_s))
+        except BaseException as error:  # re-raised in the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=classroom, name="sdattn-load-test")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["figures"]
 
 
 # ----------------------------------------------------------------------------- the server
