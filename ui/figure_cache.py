@@ -49,11 +49,23 @@ def _key(args: tuple, kwargs: dict) -> bytes:
     return digest.digest()
 
 
+def _convert_once(figure):
+    """Makes `figure.to_dict()` return one dict computed now.
+
+    `st.plotly_chart` calls `to_dict()` on every run of every session: a deep copy of the whole
+    figure, then every array to base64; a shared figure needs it once. The dict is shared too:
+    read it, never change it (`plotly.io.to_json` only reads it, and drops trace uids it has not).
+    """
+    as_dict = figure.to_dict()
+    object.__setattr__(figure, "to_dict", lambda: as_dict)  # past plotly's attribute guard
+    return figure
+
+
 def shared_figure(builder: Callable) -> Callable:
     """Decorates a figure builder: equal arguments give the very same figure object.
 
     The figure is shared, so nobody may change it after it is built: `st.plotly_chart` only
-    reads it (it copies the figure to a dict before serialising).
+    reads it (through `to_dict`, converted once; see `_convert_once`).
     """
     figures: OrderedDict[bytes, object] = OrderedDict()
     lock = threading.Lock()
@@ -68,7 +80,7 @@ def shared_figure(builder: Callable) -> Callable:
             if key in figures:
                 figures.move_to_end(key)
                 return figures[key]
-        figure = builder(*args, **kwargs)  # outside the lock: other figures are not held up
+        figure = _convert_once(builder(*args, **kwargs))  # unlocked: others go on meanwhile
         with lock:
             figures[key] = figure
             while len(figures) > MAX_FIGURES:
