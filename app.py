@@ -14,6 +14,7 @@ from ui.widgets import image_format_control
 ROOT = Path(__file__).parent
 serving.keep_keras_state()  # no keras clear_session (a gc.collect) after every run
 serving.freeze_imported_objects()  # the GC no longer walks TensorFlow's objects (once)
+serving.prompt_gil_handoffs()  # a computing session gets the GIL back sooner
 
 st.set_page_config(
     page_title="sdattn: sparse-dense attention",

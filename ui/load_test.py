@@ -165,7 +165,8 @@ def _check(outcome: RunOutcome, expected: dict[str, str], heads: str, report: Se
 
 
 async def _student(index: int, base_url: str, query: str, start: asyncio.Event, opened: float,
-                   all_rendered: asyncio.Barrier, spread_s: float) -> SessionReport:
+                   all_rendered: asyncio.Barrier, spread_s: float,
+                   changes: tuple[tuple[int, str], ...]) -> SessionReport:
     report = SessionReport(index)
     client = Client(base_url)
     client.query_string = query
@@ -181,7 +182,7 @@ async def _student(index: int, base_url: str, query: str, start: asyncio.Event, 
         _check(outcome, {TOP_K_KEY: shared[TOP_K_KEY], SELECTOR_KEY: shared[SELECTOR_KEY]},
                heads, report, "first render")
         await all_rendered.wait()
-        top_k, selector = CHANGES[index % len(CHANGES)]
+        top_k, selector = changes[index % len(changes)]
         await asyncio.sleep(random.uniform(0, spread_s))
         if TOP_K_KEY not in client.widget_ids or SELECTOR_KEY not in client.widget_ids:
             report.problems.append(f"no k slider or selector box among {client.widget_ids}")
@@ -212,7 +213,8 @@ def _percentile(values: list[float], fraction: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
-async def _classroom(base_url: str, sessions: int, query: str, spread_s: float) -> dict:
+async def _classroom(base_url: str, sessions: int, query: str, spread_s: float,
+                     changes: tuple[tuple[int, str], ...]) -> dict:
     teacher = Client(base_url)
     teacher.query_string = query
     began = time.perf_counter()
@@ -222,8 +224,9 @@ async def _classroom(base_url: str, sessions: int, query: str, spread_s: float) 
     start = asyncio.Event()
     barrier = asyncio.Barrier(sessions)
     opened = time.perf_counter()
-    tasks = [asyncio.create_task(_student(i, base_url, query, start, opened, barrier, spread_s))
-             for i in range(sessions)]
+    tasks = [asyncio.create_task(
+        _student(i, base_url, query, start, opened, barrier, spread_s, changes))
+        for i in range(sessions)]
     start.set()
     reports = await asyncio.gather(*tasks)
     await teacher.close()
@@ -246,7 +249,8 @@ async def _classroom(base_url: str, sessions: int, query: str, spread_s: float) 
 
 
 def run_load_test(base_url: str, sessions: int, *, query: str = SHARED_QUERY,
-                  spread_s: float = 0.0, seed: int = 0) -> dict:
+                  spread_s: float = 0.0, changes: tuple[tuple[int, str], ...] = CHANGES,
+                  seed: int = 0) -> dict:
     """Runs the classroom against a live app; returns the figures (see the module docstring).
 
     Args:
@@ -254,6 +258,7 @@ def run_load_test(base_url: str, sessions: int, *, query: str = SHARED_QUERY,
         sessions: the number of students (the teacher comes on top).
         query: the shared URL's query string (the Playground, the default page).
         spread_s: each change waits a random 0..spread_s seconds (0: everyone at once).
+        changes: the `(k, selector)` session i moves to is entry `i % len(changes)`.
         seed: seeds those waits.
     """
     random.seed(seed)
@@ -261,7 +266,8 @@ def run_load_test(base_url: str, sessions: int, *, query: str = SHARED_QUERY,
 
     def classroom() -> None:  # its own thread: the caller may run an event loop (Playwright)
         try:
-            outcome["figures"] = asyncio.run(_classroom(base_url, sessions, query, spread_s))
+            outcome["figures"] = asyncio.run(
+                _classroom(base_url, sessions, query, spread_s, tuple(changes)))
         except BaseException as error:  # re-raised in the caller's thread
             outcome["error"] = error
 
@@ -331,6 +337,15 @@ def _machine() -> dict:
     return {"cpus": os.cpu_count(), "load_average_1min": round(load[0], 2) if load[0] else None}
 
 
+def _changes(text: str) -> tuple[tuple[int, str], ...]:
+    """`4:cosine,6:window` → ((4, "cosine"), (6, "window"))."""
+    pairs = []
+    for item in text.split(","):
+        top_k, _, selector = item.partition(":")
+        pairs.append((int(top_k), selector.strip()))
+    return tuple(pairs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=30)
@@ -339,16 +354,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query", default=SHARED_QUERY, help="the shared URL's query string")
     parser.add_argument("--spread", type=float, default=0.0,
                         help="spread each round of changes over this many seconds")
+    parser.add_argument("--changes", type=_changes, default=CHANGES,
+                        help="what the students move to, e.g. 4:cosine,6:window,3:lsh "
+                             "(session i takes entry i modulo their number)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     parser.add_argument("--log", type=pathlib.Path, default=pathlib.Path("/tmp/sdattn_load.log"),
                         help="the started server's log")
     args = parser.parse_args(argv)
     machine_before = _machine()
     if args.url:
-        figures = run_load_test(args.url, args.sessions, query=args.query, spread_s=args.spread)
+        figures = run_load_test(args.url, args.sessions, query=args.query, spread_s=args.spread,
+                                changes=args.changes)
     else:
         with serve_app(args.log) as (url, process):
-            figures = run_load_test(url, args.sessions, query=args.query, spread_s=args.spread)
+            figures = run_load_test(url, args.sessions, query=args.query,
+                                    spread_s=args.spread, changes=args.changes)
             figures["server_peak_rss_mib"] = round(peak_rss_mib(process.pid) or 0)
     figures["machine_before"] = machine_before
     figures["machine_after"] = _machine()

@@ -44,3 +44,17 @@ def freeze_imported_objects() -> None:
         _FROZEN = True
         gc.collect()
         gc.freeze()
+
+
+#: Seconds a thread may hold the GIL while another waits (Python's default: 0.005).
+GIL_SWITCH_INTERVAL_S = 0.001
+
+
+def prompt_gil_handoffs() -> None:
+    """Shortens the GIL switch interval, so a session computing a new setting is not starved.
+
+    A layer call is hundreds of small TensorFlow ops, each releasing the GIL and taking it
+    back; with 30 sessions' threads runnable, each take-back waited up to the 5 ms default
+    ("convoy effect"), so the one computation everybody waited on ran several times slower.
+    """
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
