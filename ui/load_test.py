@@ -166,7 +166,7 @@ def _check(outcome: RunOutcome, expected: dict[str, str], heads: str, report: Se
 
 async def _student(index: int, base_url: str, query: str, start: asyncio.Event, opened: float,
                    all_rendered: asyncio.Barrier, spread_s: float,
-                   changes: tuple[tuple[int, str], ...]) -> SessionReport:
+                   changes: tuple[tuple[int, str], ...], on_all_rendered) -> SessionReport:
     report = SessionReport(index)
     client = Client(base_url)
     client.query_string = query
@@ -181,7 +181,8 @@ async def _student(index: int, base_url: str, query: str, start: asyncio.Event, 
         report.first_render_done_at = time.perf_counter() - opened
         _check(outcome, {TOP_K_KEY: shared[TOP_K_KEY], SELECTOR_KEY: shared[SELECTOR_KEY]},
                heads, report, "first render")
-        await all_rendered.wait()
+        if await all_rendered.wait() == 0:
+            on_all_rendered()
         top_k, selector = changes[index % len(changes)]
         await asyncio.sleep(random.uniform(0, spread_s))
         if TOP_K_KEY not in client.widget_ids or SELECTOR_KEY not in client.widget_ids:
@@ -206,6 +207,10 @@ async def _student(index: int, base_url: str, query: str, start: asyncio.Event, 
     return report
 
 
+def _difference(later: float | None, earlier: float | None) -> float | None:
+    return None if later is None or earlier is None else round(later - earlier, 2)
+
+
 def _percentile(values: list[float], fraction: float) -> float | None:
     if not values:
         return None
@@ -214,7 +219,7 @@ def _percentile(values: list[float], fraction: float) -> float | None:
 
 
 async def _classroom(base_url: str, sessions: int, query: str, spread_s: float,
-                     changes: tuple[tuple[int, str], ...]) -> dict:
+                     changes: tuple[tuple[int, str], ...], server_pid: int | None) -> dict:
     teacher = Client(base_url)
     teacher.query_string = query
     began = time.perf_counter()
@@ -223,12 +228,18 @@ async def _classroom(base_url: str, sessions: int, query: str, spread_s: float,
     teacher_s = time.perf_counter() - began
     start = asyncio.Event()
     barrier = asyncio.Barrier(sessions)
+    cpu = {"opened": cpu_seconds(server_pid)}
+
+    def mark_rendered() -> None:
+        cpu["rendered"] = cpu_seconds(server_pid)
+
     opened = time.perf_counter()
     tasks = [asyncio.create_task(
-        _student(i, base_url, query, start, opened, barrier, spread_s, changes))
+        _student(i, base_url, query, start, opened, barrier, spread_s, changes, mark_rendered))
         for i in range(sessions)]
     start.set()
     reports = await asyncio.gather(*tasks)
+    cpu["done"] = cpu_seconds(server_pid)
     await teacher.close()
     firsts = [r.first_render_s for r in reports if r.first_render_s is not None]
     done = [r.first_render_done_at for r in reports if r.first_render_done_at is not None]
@@ -244,13 +255,16 @@ async def _classroom(base_url: str, sessions: int, query: str, spread_s: float,
         "change_p95_s": round(_percentile(changes, 0.95), 3) if changes else None,
         "changes": len(changes),
         "mean_bytes_per_session": round(statistics.mean(r.received_bytes for r in reports)),
+        # Server CPU time (all its threads): what the class costs, whatever else the machine runs.
+        "server_cpu_s_first_renders": _difference(cpu.get("rendered"), cpu["opened"]),
+        "server_cpu_s_changes": _difference(cpu["done"], cpu.get("rendered")),
         "problems": {r.index: r.problems for r in reports if r.problems},
     }
 
 
 def run_load_test(base_url: str, sessions: int, *, query: str = SHARED_QUERY,
                   spread_s: float = 0.0, changes: tuple[tuple[int, str], ...] = CHANGES,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, server_pid: int | None = None) -> dict:
     """Runs the classroom against a live app; returns the figures (see the module docstring).
 
     Args:
@@ -260,6 +274,7 @@ def run_load_test(base_url: str, sessions: int, *, query: str = SHARED_QUERY,
         spread_s: each change waits a random 0..spread_s seconds (0: everyone at once).
         changes: the `(k, selector)` session i moves to is entry `i % len(changes)`.
         seed: seeds those waits.
+        server_pid: the server's process id on this machine, for its CPU time (else None).
     """
     random.seed(seed)
     outcome: dict = {}
@@ -267,7 +282,7 @@ def run_load_test(base_url: str, sessions: int, *, query: str = SHARED_QUERY,
     def classroom() -> None:  # its own thread: the caller may run an event loop (Playwright)
         try:
             outcome["figures"] = asyncio.run(
-                _classroom(base_url, sessions, query, spread_s, tuple(changes)))
+                _classroom(base_url, sessions, query, spread_s, tuple(changes), server_pid))
         except BaseException as error:  # re-raised in the caller's thread
             outcome["error"] = error
 
@@ -294,6 +309,16 @@ def peak_rss_mib(pid: int) -> float | None:
         for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time a process has used (Linux `/proc/<pid>/stat`); None where unknown."""
+    if pid is None:
+        return None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return None
 
 
@@ -349,8 +374,9 @@ def _changes(text: str) -> tuple[tuple[int, str], ...]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=30)
-    parser.add_argument("--url", help="drive this running app instead of starting one "
-                                      "(peak RSS is then not measured)")
+    parser.add_argument("--url", help="drive this running app instead of starting one")
+    parser.add_argument("--pid", type=int,
+                        help="with --url: the server's process id, for its CPU time and RSS")
     parser.add_argument("--query", default=SHARED_QUERY, help="the shared URL's query string")
     parser.add_argument("--spread", type=float, default=0.0,
                         help="spread each round of changes over this many seconds")
@@ -364,11 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     machine_before = _machine()
     if args.url:
         figures = run_load_test(args.url, args.sessions, query=args.query, spread_s=args.spread,
-                                changes=args.changes)
+                                changes=args.changes, server_pid=args.pid)
+        if args.pid:
+            figures["server_peak_rss_mib"] = round(peak_rss_mib(args.pid) or 0)
     else:
         with serve_app(args.log) as (url, process):
             figures = run_load_test(url, args.sessions, query=args.query,
-                                    spread_s=args.spread, changes=args.changes)
+                                    spread_s=args.spread, changes=args.changes,
+                                    server_pid=process.pid)
             figures["server_peak_rss_mib"] = round(peak_rss_mib(process.pid) or 0)
     figures["machine_before"] = machine_before
     figures["machine_after"] = _machine()
