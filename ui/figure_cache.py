@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-# Figures are small (the views' cell budget caps them); enough for a class exploring a few inputs.
-MAX_FIGURES = 128
+# A figure (and its dict) is at most a few MB under the views' cell budget: 64 of them bound the
+# cache to a few hundred MB, and hold the three figures of ~20 recent Playground views.
+MAX_FIGURES = 64
 _SCALARS = (str, int, float, bool, type(None), np.generic)
 
 
