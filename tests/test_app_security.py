@@ -125,7 +125,9 @@ def _hostile_bundle() -> bytes:
     example = inputs.generate_inputs("bag_of_words", seed=0)
     example.query_labels = [HOSTILE[m % len(HOSTILE)] + f" #{m}"
                             for m in range(example.num_queries)]
-    example.key_labels = [f"<img src={PIXEL}> {n}" for n in range(example.num_keys)]
+    example.key_labels = [f"<img src={PIXEL}> {n}" if n % 2 == 0 else
+                          f'<a href="http://127.0.0.1:9/key">key {n}</a>'
+                          for n in range(example.num_keys)]
     example.metadata = {**example.metadata, "notes": [HOSTILE[1], HOSTILE[3]]}
     config = {"format": bundle.FORMAT, "version": bundle.VERSION, "sdattn_version": HOSTILE[0],
               "settings": {params.TOP_K: "1e30" + HOSTILE[1], params.QUERY: "1"},
@@ -244,3 +246,31 @@ def test_hostile_url_in_a_browser_renders_no_link_or_image(app_url, page):
         for name, value in values.items():
             assert f"{name}={' '.join(value.split())}" in text, (value, text)
     assert not any(url.startswith("http://127.0.0.1:9") for url in requests), requests
+
+
+@pytest.mark.e2e
+def test_hostile_bundle_in_a_browser_renders_no_link_or_image(app_url, page):
+    """The same bundle in Chromium: captions, notes, labels in the markdown and in the Plotly
+    charts (tick labels, titles) draw no link or image and fetch nothing."""
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(app_url)
+    page.wait_for_selector(".st-key-head_heatmaps .js-plotly-plot", timeout=120_000)
+    page.locator(f".st-key-{params.SOURCE}").get_by_text("Upload a file").click()
+    page.locator(f".st-key-{params.UPLOAD} input[type='file']").set_input_files(files=[{
+        "name": "x` [Session expired](http://127.0.0.1:9/login) `.npz",
+        "mimeType": "application/octet-stream", "buffer": _hostile_bundle()}])
+    page.get_by_text("these settings were not restored").wait_for(timeout=120_000)
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.st-key-selection_view .ytick text')]
+                 .some(t => t.textContent.includes('#0'))""", timeout=120_000)
+    main = page.locator("[data-testid='stMain'], [data-testid='stSidebar']")
+    leaks = page.locator("a[href*='127.0.0.1:9'], img[src*='127.0.0.1:9'], "
+                         "[data-testid='stMarkdownContainer'] img, .js-plotly-plot a")
+    assert leaks.count() == 0, [leaks.nth(i).evaluate("e => e.outerHTML")
+                                for i in range(leaks.count())]
+    ticks = page.locator(".st-key-selection_view text").all_text_contents()
+    assert f"<img src={PIXEL}> 0" in ticks and f"{HOSTILE[0]} #0" in ticks  # as typed
+    text = " ".join(main.all_inner_texts()).replace(WORD_JOINER, "")
+    assert "Session expired, log in" in text and shorten(HOSTILE[0], 40) in text
+    assert not any("127.0.0.1:9" in url for url in requests), requests
