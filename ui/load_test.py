@@ -6,7 +6,8 @@ session open the URL first, then opens every student session at once and reports
 
 - time to first render of each session (connect → `script_finished`), and when all had rendered;
 - the latency of each widget change (send → `script_finished`), median and p95;
-- the server's peak resident memory (`VmHWM`, when this script started the server);
+- the server's CPU time and peak resident memory (`VmHWM`; when it started the server, or
+  `--pid`), and its slowest answer to a health probe meanwhile;
 - isolation: every session's own k, selector and URL came back to it, and no other's.
 
 A benchmark, not a timed test: the figures depend on the machine and its load (see the README).
@@ -207,6 +208,24 @@ async def _student(index: int, base_url: str, query: str, start: asyncio.Event, 
     return report
 
 
+async def _probe_health(base_url: str, done: asyncio.Event, every_s: float = 0.25) -> list[float]:
+    """Times `/_stcore/health` every `every_s` seconds until `done` is set."""
+
+    def probe() -> float:
+        started = time.perf_counter()
+        with urllib.request.urlopen(f"{base_url}/_stcore/health", timeout=60) as response:
+            response.read()
+        return time.perf_counter() - started
+
+    seconds = []
+    while not done.is_set():
+        with contextlib.suppress(OSError):
+            seconds.append(await asyncio.to_thread(probe))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout=every_s)
+    return seconds
+
+
 def _difference(later: float | None, earlier: float | None) -> float | None:
     return None if later is None or earlier is None else round(later - earlier, 2)
 
@@ -237,9 +256,13 @@ async def _classroom(base_url: str, sessions: int, query: str, spread_s: float,
     tasks = [asyncio.create_task(
         _student(i, base_url, query, start, opened, barrier, spread_s, changes, mark_rendered))
         for i in range(sessions)]
+    probing = asyncio.Event()
+    probe = asyncio.create_task(_probe_health(base_url, probing))
     start.set()
     reports = await asyncio.gather(*tasks)
     cpu["done"] = cpu_seconds(server_pid)
+    probing.set()
+    health = await probe
     await teacher.close()
     firsts = [r.first_render_s for r in reports if r.first_render_s is not None]
     done = [r.first_render_done_at for r in reports if r.first_render_done_at is not None]
@@ -258,6 +281,8 @@ async def _classroom(base_url: str, sessions: int, query: str, spread_s: float,
         # Server CPU time (all its threads): what the class costs, whatever else the machine runs.
         "server_cpu_s_first_renders": _difference(cpu.get("rendered"), cpu["opened"]),
         "server_cpu_s_changes": _difference(cpu["done"], cpu.get("rendered")),
+        # A load balancer's view: the slowest answer to /_stcore/health while the class worked.
+        "health_probe_max_s": round(max(health), 3) if health else None,
         "problems": {r.index: r.problems for r in reports if r.problems},
     }
 
