@@ -8,19 +8,16 @@ import re
 import tomllib
 import urllib.parse
 
-import numpy as np
 import pytest
 from markdown_it import MarkdownIt
 
-import sdattn
 from app_cases import APP, chart, open_app
 from sdattn import inputs
-from ui import bundle, params, runner, url_state
+from ui import bundle, params, runner
 from ui.text import literal, shorten
 
 ROOT = APP.parent
 PAGES = (None, "app_pages/compare.py", "app_pages/performance.py", "app_pages/learn.py")
-URL_PATHS = ("", "compare", "performance", "learn")
 PIXEL = "http://127.0.0.1:9/pixel.png"  # nothing listens on port 9: a fetch would be the leak
 # Each closes a code span, opens a link or an image, breaks the line, or is read as HTML, maths,
 # colour, emphasis or an autolink by Streamlit's markdown.
