@@ -20,8 +20,16 @@ $(VENV)/.dev-installed: requirements-dev.txt requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime-installed
 
+# `make run` serves this machine only. SDATTN_ADDRESS=0.0.0.0 opens it to the network: read the
+# README's "Deploying publicly" first (model uploads load Keras files: set
+# SDATTN_ALLOW_MODEL_UPLOAD=0 for anyone but yourself).
+SDATTN_ADDRESS ?= 127.0.0.1
+SDATTN_PORT ?= 8501
+SDATTN_ALLOW_MODEL_UPLOAD ?= 1
+
 run: $(VENV)/.runtime-installed
-	$(BIN)/streamlit run app.py --server.port 8501 --server.address 0.0.0.0
+	SDATTN_ALLOW_MODEL_UPLOAD=$(SDATTN_ALLOW_MODEL_UPLOAD) $(BIN)/streamlit run app.py \
+	  --server.port $(SDATTN_PORT) --server.address $(SDATTN_ADDRESS)
 
 # The end-to-end tests drive Debian's chromium; `playwright install` cannot download browsers here.
 browser:

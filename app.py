@@ -1,15 +1,20 @@
 """sdattn app entrypoint: page config, navigation over app_pages/, URL state, device, export format.
-Run with `make run` (or `streamlit run app.py`); each page lives in its own file under app_pages/."""
+Run with `make run` (or `streamlit run app.py`); each page lives in its own file under app_pages/.
+A page's uncaught error shows an error id, and its traceback goes to the server log only."""
 
 from pathlib import Path
 
 import streamlit as st
 
-from ui import url_state
+from ui import serving, url_state
+from ui.errors import friendly_errors
 from ui.runner import tensorflow_device
 from ui.widgets import image_format_control
 
 ROOT = Path(__file__).parent
+serving.keep_keras_state()  # no keras clear_session (a gc.collect) after every run
+serving.freeze_imported_objects()  # the GC no longer walks TensorFlow's objects (once)
+serving.prompt_gil_handoffs()  # a computing session gets the GIL back sooner
 
 st.set_page_config(
     page_title="sdattn: sparse-dense attention",
@@ -29,8 +34,12 @@ page = st.navigation([
     st.Page(ROOT / "app_pages" / file, title=title, icon=icon, default=file == "playground.py")
     for file, title, icon in PAGES
 ])
-url_state.restore()  # every page: the URL seeds its widgets, settings carry across pages
-st.sidebar.caption(f"TensorFlow device: **{tensorflow_device()}**")
-with st.sidebar:
-    image_format_control()  # PNG or SVG for every figure's camera button, on every page
-page.run()
+# An uncaught error shows an error id, never a traceback (the traceback goes to the server log;
+# .streamlit/config.toml also sets client.showErrorDetails = "none" for errors outside pages).
+with friendly_errors():
+    url_state.restore()  # every page: the URL seeds its widgets, settings carry across pages
+    url_state.notice()  # which URL values were ignored, on the page the link opened
+    st.sidebar.caption(f"TensorFlow device: **{tensorflow_device()}**")
+    with st.sidebar:
+        image_format_control()  # PNG or SVG for every figure's camera button, on every page
+    page.run()

@@ -4,6 +4,7 @@ dense attention, and see where a pair disagrees, which queries suffer, and how k
 import streamlit as st
 
 from ui import comparison_views, detail, runner, widgets
+from ui.text import literal
 
 DIFF_CHART = "diff_map"
 SUMMARY_TABLE = "summary_table"
@@ -43,8 +44,8 @@ if problem is not None:
     st.error(problem)
     st.stop()
 runs_by_label = {run.label: run for run in runs}
-st.caption(f"Input: {input_spec.description}. k = {runs[0].k} of {single.num_keys} keys, "
-           f"{settings.num_heads} heads, {settings.weights} weights.")
+st.caption(f"Input: {literal(input_spec.description, 120)}. "
+           f"k = {runs[0].k} of {single.num_keys} keys, {settings.num_heads} heads, {settings.weights} weights.")
 
 st.subheader("Metrics against exact attention")
 comparison_views.summary_table(runs, key=SUMMARY_TABLE)

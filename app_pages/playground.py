@@ -4,6 +4,7 @@ query selected, how every head weighted them, and the detail of one query."""
 import streamlit as st
 
 from ui import bundle, detail, runner, views, widgets
+from ui.text import literal
 
 SELECTION_CHART = "selection_view"
 HEATMAP_CHART = "head_heatmaps"
@@ -30,7 +31,8 @@ with widgets.run_status(f"Running {settings.selector} top-{settings.top_k} atten
 if problem is not None:
     st.error(problem)
     st.stop()
-st.caption(f"Input: {input_spec.description}. Layer call: {result.seconds * 1000:.0f} ms.")
+st.caption(f"Input: {literal(input_spec.description, 120)}. "
+           f"Layer call: {result.seconds * 1000:.0f} ms.")
 
 st.subheader("Top-k selection")
 views.selection_view(single, input_spec, 0, result, plan, key=SELECTION_CHART,

@@ -12,6 +12,7 @@ import streamlit as st
 import sdattn
 from sdattn import inputs
 from ui import url_state
+from ui.text import literal
 
 FORMAT = "sdattn.session"
 VERSION = 1
@@ -21,6 +22,7 @@ RESULT_NAMES = ("indices", "scores", "output")  # members extra.results.<name>
 # The settings a bundle restores: the view's, not the input's (the data is in the bundle).
 RESTORED_GROUPS = ("item", "model", "query")
 APPLIED = "_bundle_applied"  # SHA-256 of the last bundle whose settings were applied
+NOT_RESTORED = "_bundle_not_restored"  # its settings that were refused, shown on every rerun
 
 
 def bundle_bytes(example: inputs.Example, *, settings: Mapping, model: Mapping,
@@ -91,16 +93,20 @@ def restore_session(uploaded, input_spec) -> None:
     if config is None:
         return
     if st.session_state.get(APPLIED) != input_spec.digest:
-        problems = url_state.apply_settings(config["settings"])
+        st.session_state[NOT_RESTORED] = url_state.apply_settings(config["settings"])
         st.session_state[APPLIED] = input_spec.digest
-        if problems:
-            st.warning("Settings of the bundle not restored: " + "; ".join(problems))
-    saved_version = config.get("sdattn_version")
-    st.caption(f":material/restore: Session bundle (sdattn {saved_version}): its settings "
-               "were restored.")
+    problems = st.session_state.get(NOT_RESTORED) or []
+    saved_version = config.get("sdattn_version")  # the file's text: shown escaped
+    origin = f"Session bundle (sdattn {literal(saved_version, 40)})"
+    if problems:  # one message: "not restored" and "restored" never side by side
+        st.warning(f"{origin}: these settings were not restored and keep their current "
+                   "values: " + "; ".join(literal(problem, None) for problem in problems)
+                   + ". Its other settings were restored.", icon=":material/restore:")
+    else:
+        st.caption(f":material/restore: {origin}: its settings were restored.")
     if saved_version != sdattn.__version__:
-        st.caption(f":material/warning: It was saved by sdattn {saved_version}; this is "
-                   f"{sdattn.__version__}, so the results may differ.")
+        st.caption(f":material/warning: It was saved by sdattn {literal(saved_version, 40)}; "
+                   f"this is {sdattn.__version__}, so the results may differ.")
 
 
 def download_button(example: inputs.Example, result, input_spec, settings, *,

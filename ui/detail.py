@@ -11,6 +11,7 @@ import streamlit as st
 
 from ui import figures
 from ui import params, url_state
+from ui.text import literal
 from ui.runner import RunResult
 from ui.widgets import clamp, default, show_figure
 
@@ -155,8 +156,8 @@ def query_detail(example, result: RunResult, item: int, query: int, logits: np.n
     query_labels = figures.axis_labels(example.query_labels, example.num_queries, "q")
     key_labels = figures.axis_labels(example.key_labels, example.num_keys, "k")
     if not np.asarray(example.query_mask)[item][query]:
-        st.warning(f"Query {query_labels[query]} is masked: it selects nothing and attends to "
-                   "nothing (zero output).")
+        st.warning(f"Query {literal(query_labels[query])} is masked: it selects nothing and "
+                   "attends to nothing (zero output).")
     chart, tables = st.columns([5, 4])
     with chart:
         fig = figures.ranked_scores_figure(
@@ -170,7 +171,7 @@ def query_detail(example, result: RunResult, item: int, query: int, logits: np.n
         )
         show_figure(fig, key=f"{key}_ranked", filename=f"sdattn_query_{query}_scores")
     with tables:
-        st.markdown(f"**Selected keys of {query_labels[query]}, per head** (weight)")
+        st.markdown(f"**Selected keys of {literal(query_labels[query])}, per head** (weight)")
         st.dataframe(selected_keys_frame(result, query, key_labels), key=f"{key}_keys",
                      width="stretch")
         st.markdown("**Sparse non-zeros of the query**")

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
+from ui.figure_cache import shared_figure
+from ui.text import plotly_literal
+
 # Viridis clipped to its middle: the darkest purple vanishes on the dark theme's background and
 # the palest yellow on the light theme's white, and an empty (unselected) cell must stay
 # distinguishable from the faintest selected one in both themes.
@@ -156,6 +159,11 @@ def aggregate_grid(grid: np.ndarray, row_factor: int, col_factor: int) -> np.nda
     return np.fmax.reduce(np.fmax.reduce(blocks, axis=-1), axis=-2)  # [..., M/r, N/c]
 
 
+def _shown(labels: list[str]) -> list[str]:
+    """Labels as Plotly text: a file's `<a href=…>` or `<b>` shows as typed (see `plotly_literal`)."""
+    return [plotly_literal(label) for label in labels]
+
+
 def aggregate_labels(labels: Sequence[str], factor: int) -> list[str]:
     """Labels for max-pooled blocks: `"a…d"` for a block running from label a to label d."""
     if factor <= 1:
@@ -264,6 +272,7 @@ def _facet_grid(count: int, rows: int, cols: int, titles: Sequence[str], hgap: f
 # ----------------------------------------------------------------------------- figures
 
 
+@shared_figure  # one figure per distinct input, for every session
 def selection_figure(
     indices: np.ndarray,
     *,
@@ -302,8 +311,8 @@ def selection_figure(
     """
     indices = np.asarray(indices)
     num_heads, num_queries, _ = indices.shape
-    y_labels = axis_labels(query_labels, num_queries, "q")
-    x_labels = axis_labels(key_labels, num_keys, "k")
+    y_labels = _shown(axis_labels(query_labels, num_queries, "q"))
+    x_labels = _shown(axis_labels(key_labels, num_keys, "k"))
     counts = selection_counts(indices, num_keys).astype(np.float64)  # [M, N]
     counts[counts == 0] = np.nan
     blocked = row_factor > 1 or col_factor > 1
@@ -381,6 +390,7 @@ def selection_figure(
     return go.Figure(dict(data=traces, layout=_query_key_layout(title or default_title, x_labels, y_labels)))
 
 
+@shared_figure  # one figure per distinct input, for every session
 def head_heatmaps_figure(
     weights: np.ndarray,
     *,
@@ -411,8 +421,8 @@ def head_heatmaps_figure(
     """
     weights = np.asarray(weights, dtype=np.float64)
     num_heads, num_queries, num_keys = weights.shape
-    y_labels = axis_labels(query_labels, num_queries, "q")
-    x_labels = axis_labels(key_labels, num_keys, "k")
+    y_labels = _shown(axis_labels(query_labels, num_queries, "q"))
+    x_labels = _shown(axis_labels(key_labels, num_keys, "k"))
     blocked = row_factor > 1 or col_factor > 1
     if blocked:
         weights = aggregate_grid(weights, row_factor, col_factor)  # [H, M/r, N/c]
@@ -484,6 +494,7 @@ def head_heatmaps_figure(
     return go.Figure(dict(data=traces, layout=layout))
 
 
+@shared_figure  # one figure per distinct input, for every session
 def ranked_scores_figure(
     logits: np.ndarray,
     selected: np.ndarray,
@@ -516,7 +527,7 @@ def ranked_scores_figure(
     logits = np.asarray(logits, dtype=np.float64)
     selected = np.asarray(selected)
     num_heads, num_keys = logits.shape
-    x_labels = axis_labels(key_labels, num_keys, "k")
+    x_labels = _shown(axis_labels(key_labels, num_keys, "k"))
     valid = np.ones(num_keys, bool) if valid_keys is None else np.asarray(valid_keys, bool)
     axes, annotations = _facet_grid(
         num_heads, num_heads, 1, [f"head {h}" for h in range(num_heads)],
@@ -568,7 +579,7 @@ def ranked_scores_figure(
             **({} if head == 0 else {"matches": "x"}),
         )
         axes[f"yaxis{suffix}"].update(title=dict(text="score"))
-    subject = f"query {query_label}" if query_label is not None else "query"
+    subject = f"query {plotly_literal(query_label)}" if query_label is not None else "query"
     scope = "all keys" if order.size == num_ranked else f"keys (best {order.size} of {num_ranked})"
     layout = dict(
         title=dict(text=f"Ranked scores of {subject} over {scope}"),
@@ -642,6 +653,7 @@ def selection_diff_grid(indices_a: np.ndarray, indices_b: np.ndarray, num_keys: 
     return codes
 
 
+@shared_figure  # one figure per distinct input, for every session
 def selection_diff_figure(
     indices_a: np.ndarray,
     indices_b: np.ndarray,
@@ -674,8 +686,8 @@ def selection_diff_figure(
     indices_a, indices_b = np.asarray(indices_a), np.asarray(indices_b)
     num_queries = indices_a.shape[0]
     name_a, name_b = names
-    y_labels = axis_labels(query_labels, num_queries, "q")
-    x_labels = axis_labels(key_labels, num_keys, "k")
+    y_labels = _shown(axis_labels(query_labels, num_queries, "q"))
+    x_labels = _shown(axis_labels(key_labels, num_keys, "k"))
     full = selection_diff_grid(indices_a, indices_b, num_keys)  # counts use every cell
     counts = {category: int((full == code).sum()) for category, code in _DIFF_CODES.items()}
     blocked = row_factor > 1 or col_factor > 1
@@ -1011,8 +1023,8 @@ def matrix_panels_figure(
     for index, panel in enumerate(panels):
         suffix = _axis_suffix(index)
         values = np.asarray(panel.values, dtype=np.float64)  # [R, C]
-        y_labels = axis_labels(list(panel.row_labels), values.shape[0], "r")
-        x_labels = axis_labels(list(panel.col_labels), values.shape[1], "c")
+        y_labels = _shown(axis_labels(list(panel.row_labels), values.shape[0], "r"))
+        x_labels = _shown(axis_labels(list(panel.col_labels), values.shape[1], "c"))
         on_axes = dict(x=x_labels, y=y_labels, xaxis=f"x{suffix}", yaxis=f"y{suffix}",
                        xgap=1, ygap=1)
         shown = values

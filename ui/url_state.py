@@ -16,6 +16,7 @@ import sdattn
 from sdattn import inputs
 from sdattn.walkthrough import BREAK_IT_PRESETS
 from ui import generators, params
+from ui.text import literal, shorten
 
 # Session-state record: the page of the last run, the URL parameters each group wrote, and the
 # last published value of every widget key (re-applied when the user switches pages).
@@ -152,7 +153,7 @@ def parse_settings(lookup: Callable[[str, bool], Any]) -> tuple[dict[str, Any], 
         try:
             values[field.key] = field.parse(raw)
         except (ValueError, TypeError) as error:
-            problem = f"`{field.param}={raw}` ({error})"
+            problem = _problem(field.param, raw, error)
             if problem not in problems:  # the learn page's fields share the URL names
                 problems.append(problem)
     kind = values.get(params.KIND, params.DEFAULT_KIND)
@@ -165,7 +166,7 @@ def parse_settings(lookup: Callable[[str, bool], Any]) -> tuple[dict[str, Any], 
         try:
             chosen[spec.name] = _generator_value(spec.default)(raw)
         except (ValueError, TypeError) as error:
-            problems.append(f"`{key}={raw}` ({error})")
+            problems.append(_problem(key, raw, error))
     if chosen:
         full = {spec.name: spec.default for spec in generators.parameters(kind)} | chosen
         try:  # the generator has cross-parameter rules (e.g. the needle's N >= M·(1 + decoys))
@@ -176,6 +177,15 @@ def parse_settings(lookup: Callable[[str, bool], Any]) -> tuple[dict[str, Any], 
             values.update({params.generator_param_key(kind, name): value
                            for name, value in chosen.items()})
     return values, problems
+
+
+def _problem(param: str, raw, error) -> str:
+    """One ignored parameter, as plain text: `param=value (why)`, the value cut short.
+
+    Plain text, not markdown: the value is the URL's, and `notice` escapes the whole line.
+    """
+    value = ",".join(map(str, raw)) if isinstance(raw, list) else raw
+    return f"{shorten(param, 40)}={shorten(value, 60)} ({shorten(error, 160)})"
 
 
 def _url_lookup(param: str, many: bool):
@@ -202,7 +212,7 @@ def restore() -> None:
     then) so that they also work when a page script runs alone.
 
     On a session's first run, the URL's valid parameters seed the widgets (a bad value is
-    ignored, so the widget keeps its default, and a toast says so). When the user switches
+    ignored, so the widget keeps its default, and `notice` says so). When the user switches
     pages, the values last published are seeded again, so settings shared by both pages
     carry over instead of falling back to defaults. Other runs change nothing.
     """
@@ -212,9 +222,9 @@ def restore() -> None:
         values, problems = parse_settings(_url_lookup)
         for key, value in values.items():
             _seed(key, value)
-        if problems:
-            st.toast("Ignored URL settings: " + "; ".join(problems), icon=":material/link_off:")
+        record["notice"] = {"page": page, "problems": problems}
     elif record["page"] != page:
+        record["notice"] = None  # the notice was about the link's page
         for key, value in record["values"].items():
             _seed(key, value)
         stale = {param for group in record["groups"].values() for param in group}
@@ -223,6 +233,26 @@ def restore() -> None:
             if param in st.query_params:
                 del st.query_params[param]
     record["page"] = page
+
+
+def notice() -> None:
+    """The "Ignored URL settings" warning, on every run while the session stays on the page its
+    link opened (a toast would vanish before a reader can see which value was wrong).
+
+    Every ignored value is the URL's own text: it is shown through `ui.text.literal`, so a
+    backtick, bracket, newline or HTML tag in it is displayed as typed, never read as markup.
+    """
+    shown = _record().get("notice")
+    if not shown or not shown["problems"] or shown["page"] != _page():
+        return
+    st.warning(notice_markdown(shown["problems"]), icon=":material/link_off:")
+
+
+def notice_markdown(problems: list[str]) -> str:
+    """The notice's markdown: one escaped line per ignored parameter."""
+    lines = "\n".join(f"- {literal(problem, limit=None)}" for problem in problems[:12])
+    more = f"\n- and {len(problems) - 12} more" if len(problems) > 12 else ""
+    return f"**Ignored URL settings** (the defaults are used instead):\n\n{lines}{more}"
 
 
 def apply_settings(settings: Mapping[str, Any]) -> list[str]:

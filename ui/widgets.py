@@ -16,6 +16,7 @@ import sdattn
 from sdattn import inputs
 from sdattn import selectors as selectors_lib
 from ui import bundle, generators, params, url_state
+from ui.text import literal
 from ui.runner import InputSpec, ModelSettings, generated_example, read_upload
 
 # Formats the loader understands, without the dot (st.file_uploader's `type=`).
@@ -90,7 +91,7 @@ def _generate_panel():
     try:
         example = generated_example(input_spec.kind, input_spec.params, input_spec.data_seed)
     except inputs.InputError as error:  # parameter combinations the generator refuses
-        st.error(f"Could not generate {kind!r}: {error}")
+        st.error(f"Could not generate {kind!r}: {literal(error, None)}")
         return None, None
     return example, input_spec
 
@@ -108,10 +109,11 @@ def _upload_panel():
         return None, None
     example, input_spec, message = read_upload(uploaded)
     if message is not None:
-        st.error(message)
+        st.error(literal(message, None))  # it quotes the file's name and content
         return None, None
     for note in (example.metadata or {}).get("notes") or []:
-        st.caption(f":material/info: {note}")  # what the loader converted (dense → sparse, keys)
+        # What the loader converted (dense → sparse, keys); a bundle's own notes are its text.
+        st.caption(f":material/info: {literal(note, 300)}")
     bundle.restore_session(uploaded, input_spec)  # a session bundle brings its settings back
     return example, input_spec
 
