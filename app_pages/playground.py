@@ -4,6 +4,7 @@ query selected, how every head weighted them, and the detail of one query."""
 import streamlit as st
 
 from ui import bundle, detail, runner, views, widgets
+from ui.text import literal
 
 SELECTION_CHART = "selection_view"
 HEATMAP_CHART = "head_heatmaps"
@@ -19,6 +20,7 @@ st.caption(
 with st.sidebar:
     example, input_spec, item, settings = widgets.input_and_model_panel()
 
+widgets.main_area_notices()  # e.g. "keys are generated", next to the input summary below
 if example is None:
     st.stop()
 
@@ -30,7 +32,8 @@ with widgets.run_status(f"Running {settings.selector} top-{settings.top_k} atten
 if problem is not None:
     st.error(problem)
     st.stop()
-st.caption(f"Input: {input_spec.description}. Layer call: {result.seconds * 1000:.0f} ms.")
+st.caption(f"Input: {literal(input_spec.description)}. {widgets.weights_text(settings)}. "
+           f"Layer call: {result.seconds * 1000:.0f} ms.")
 
 st.subheader("Top-k selection")
 views.selection_view(single, input_spec, 0, result, plan, key=SELECTION_CHART,
