@@ -242,8 +242,11 @@ def layer_weights(spec: InputSpec, settings: ModelSettings,
 
     Drawn from the whole example (aligned weights calibrate on batch item 0), so every batch
     item, k and selector sees the very same weights and the views differ only by the setting
-    that changed. `spec` identifies `_example`.
+    that changed. `spec` identifies `_example`. With a trained layer (`settings.layer`), its own
+    arrays (4 kernels when it has no biases).
     """
+    if settings.layer is not None:
+        return _layer_mha_weights(registered_layer(settings.layer))
     return weights_lib.make_weights(
         settings.weights, _example, settings.num_heads, settings.key_dim, seed=settings.seed)
 
