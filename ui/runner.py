@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import math
 import statistics
 import threading
@@ -203,33 +201,6 @@ def _layer_mha_weights(source: LayerSource) -> list[np.ndarray]:
 def generated_example(kind: str, params: tuple, data_seed: int) -> inputs.Example:
     """`sdattn.generate_inputs`, cached per (kind, params, seed)."""
     return inputs.generate_inputs(kind, seed=data_seed, **dict(params))
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def _uploaded_example(name: str, digest: str, _payload: bytes) -> inputs.Example:
-    """`sdattn.load_inputs` on an upload, cached by content (`digest` stands for `_payload`)."""
-    buffer = io.BytesIO(_payload)
-    buffer.name = name
-    return inputs.load_inputs(buffer)
-
-
-def read_upload(uploaded) -> tuple[inputs.Example | None, InputSpec | None, str | None]:
-    """Loads an uploaded file, turning any problem into a message instead of an exception.
-
-    Args:
-        uploaded: a Streamlit `UploadedFile` (or any object with `.name` and `.getvalue()`).
-
-    Returns:
-        `(example, spec, None)` on success, `(None, None, message)` when the file is not a valid
-        input; the message says what is wrong and what the app accepts.
-    """
-    payload = uploaded.getvalue()
-    digest = hashlib.sha256(payload).hexdigest()
-    try:
-        example = _uploaded_example(uploaded.name, digest, payload)
-    except inputs.InputError as error:
-        return None, None, f"Could not read {uploaded.name!r}: {error}"
-    return example, InputSpec(source="upload", name=uploaded.name, digest=digest), None
 
 
 # ----------------------------------------------------------------------------- layers
