@@ -218,8 +218,10 @@ def model_controls(num_keys: int, *, choose_selector: bool = True, layer: LayerS
         reason = (f"Fixed by {literal(trained.name)}: its trained weights have "
                   f"{trained.num_heads} heads of key_dim {trained.key_dim}. k and the "
                   "selector stay free.")
-        num_heads = st.number_input("Heads", key=LAYER_HEADS, disabled=True, help=reason)
-        key_dim = st.number_input("key_dim", key=LAYER_KEY_DIM, disabled=True, help=reason)
+        num_heads = st.number_input("Heads", min_value=1, step=1, key=LAYER_HEADS,
+                                    disabled=True, help=reason)
+        key_dim = st.number_input("key_dim", min_value=1, step=1, key=LAYER_KEY_DIM,
+                                  disabled=True, help=reason)
         st.caption(f":material/lock: Heads and key_dim follow {literal(trained.name)} "
                    f"({trained.num_heads} × {trained.key_dim}); choose other weights to change "
                    "them.")
