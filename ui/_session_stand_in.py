@@ -45,6 +45,17 @@ def save_session(path, layer, query, value, key=None, *, query_mask=None, value_
     inputs.save_inputs(example, path, extras=extras)
 
 
+def is_session_file(path_or_file) -> bool:
+    """Whether a file object holds a stand-in session (its member names only)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path_or_file) as archive:
+            return "extra_json.sdattn_session.npy" in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def load_session(path_or_file):
     """`(example, layer)` from a stand-in session file; `InputError` for anything else."""
     import sdattn

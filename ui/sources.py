@@ -30,9 +30,9 @@ from ui.runner import InputSpec, LayerSource, register_layer
 from ui.text import literal, shorten
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-#: The shipped session file of the trained demo layer (issue 13); the app offers "Trained demo
-#: layer" weights only when it exists.
-DEMO_SESSION = ROOT / "assets" / "demo_session.npz"
+#: The shipped session file of the trained demo layer (issue 13, `sdattn.inputs.sessions.
+#: DEMO_SESSION`); the app offers "Trained demo layer" weights only when it exists.
+DEMO_SESSION = ROOT / "assets" / "realtext" / "demo_session.npz"
 #: Set to 1 (or true/yes/on) to accept .keras uploads; `make run` (local use) sets it.
 MODEL_UPLOAD_ENV = "SDATTN_ALLOW_MODEL_UPLOAD"
 
@@ -103,14 +103,14 @@ def model_uploads_enabled() -> bool:
     return os.environ.get(MODEL_UPLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _load_session_api():
-    """`sdattn.load_session`, or the temporary stand-in until the library's is merged."""
-    load = getattr(sdattn, "load_session", None)
-    if load is None:
-        from ui import _session_stand_in
+def _session_api():
+    """`(sdattn.is_session_file, sdattn.load_session)`, or the temporary stand-in's until the
+    library's are merged."""
+    if hasattr(sdattn, "load_session"):
+        return sdattn.is_session_file, sdattn.load_session
+    from ui import _session_stand_in
 
-        load = _session_stand_in.load_session
-    return load
+    return _session_stand_in.is_session_file, _session_stand_in.load_session
 
 
 # ----------------------------------------------------------------------------- cached loaders
@@ -118,13 +118,19 @@ def _load_session_api():
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _session(name: str, digest: str, _payload: bytes):
-    """`(example, layer)` of a session file, or None when the file is no session."""
+    """`(example, layer)` of a session file, or None when the file is no session; a session
+    that cannot be read raises `SourceError` with the loader's reason."""
+    is_session_file, load_session = _session_api()
     stream = io.BytesIO(_payload)
     stream.name = name
-    try:
-        return _load_session_api()(stream)
-    except inputs.InputError:
+    if not is_session_file(stream):
         return None
+    stream.seek(0)
+    try:
+        return load_session(stream)
+    except inputs.InputError as error:
+        raise SourceError(f"Could not read the session {literal(name)}: "
+                          f"{literal(error, 400)}") from None
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -145,9 +151,9 @@ def demo_layer() -> LayerSource | None:
     """The shipped trained demo layer, or None when its file is missing or unreadable."""
     try:
         payload = DEMO_SESSION.read_bytes()
-    except OSError:
+        loaded = _session(DEMO_SESSION.name, hashlib.sha256(payload).hexdigest(), payload)
+    except (OSError, SourceError):
         return None
-    loaded = _session(DEMO_SESSION.name, hashlib.sha256(payload).hexdigest(), payload)
     if loaded is None:
         return None
     return LayerSource(digest="demo:" + hashlib.sha256(payload).hexdigest(),
@@ -405,6 +411,9 @@ def compose(files: dict[str, Blob], layer_choice: str | None = None) -> Loaded:
         if keys is not None:
             notices.append(f"{literal(query.name)} is a session file with its own keys, so "
                            f"{literal(keys.name)} was not used.")
+        if ((example.metadata or {}).get("session") or {}).get("has_key"):
+            notices.append(f"{literal(query.name)} saved keys apart from its values; the app "
+                           "attends with key = value, so its scores are not the saved run's.")
     else:
         key_arg = None
         if keys is not None:
