@@ -280,8 +280,8 @@ def test_keras_lambda_not_an_archive_and_no_layer_are_clear_messages(model_app, 
     assert "is not a Keras archive" in model_app.error[0].value
     import keras
 
-    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    plain.save(tmp_path / "dense.keras")
+    dense_only = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    dense_only.save(tmp_path / "dense.keras")
     upload(model_app, sources.MODEL, "dense.keras", (tmp_path / "dense.keras").read_bytes())
     assert "holds no `SparseDenseMultiHeadAttention`" in model_app.error[0].value
 

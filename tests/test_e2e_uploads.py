@@ -212,7 +212,7 @@ def test_session_file_runs_its_layer_on_playground_and_compare(page, app_url, te
     expected = np.take_along_axis(weights[0], indices.astype(int), axis=-1).sum(-1).mean()
     dot_mass = next(t for t in mass if t["name"] == "dot")
     assert dot_mass["y"][dot_mass["x"].index(5)] == pytest.approx(expected, abs=1e-4)
-    assert "Weights: trained, of trained_session.npz" in main_text(page)
+    assert "Weights: trained, from trained_session.npz" in main_text(page)
     no_traceback(page)
     screenshot(page, screenshot_path("upload_session_compare.png"), 1600)
 

@@ -298,7 +298,10 @@ def weights_text(settings: ModelSettings) -> str:
     if settings.layer is not None:
         from ui.runner import registered_layer
 
-        return f"Weights: trained, of {literal(registered_layer(settings.layer).name)}"
+        source = registered_layer(settings.layer)
+        if source.origin == "demo":
+            return "Weights: trained, the trained demo layer's"
+        return f"Weights: trained, from {literal(source.name)}"
     return f"Weights: {params.WEIGHT_LABELS.get(settings.weights, settings.weights).lower()}"
 
 
