@@ -233,6 +233,7 @@ def model_app(monkeypatch):
 
 
 def test_model_uploads_are_off_unless_enabled(app):
+    assert not any("cannot carry files" in n for n in main_info(app))  # the user chose Upload
     assert not any(u.key == sources.WIDGET_KEYS[sources.MODEL] for u in app.get("file_uploader"))
     assert any("Model uploads (.keras) are disabled" in c.value for c in app.sidebar.caption)
 

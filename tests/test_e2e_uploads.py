@@ -100,8 +100,14 @@ def main_text(page):
 
 
 def download_csv(page, tmp_path):
+    # A rerun may briefly hold the old and the new button: wait for the page to settle on one.
+    settled = ("() => document.querySelectorAll('.st-key-download_csv').length === 1 && "
+               "!document.querySelector(\"[data-stale='true']\")")
+    page.wait_for_function(settled, timeout=APP_TIMEOUT_MS)
+    page.wait_for_timeout(500)
+    page.wait_for_function(settled, timeout=APP_TIMEOUT_MS)
     button = page.locator(".st-key-download_csv").get_by_role(
-        "button", name="Selections and weights (CSV)")
+        "button", name="Selections and weights (CSV)").first
     button.scroll_into_view_if_needed()
     with page.expect_download(timeout=APP_TIMEOUT_MS) as info:
         button.click()
@@ -124,7 +130,7 @@ def screenshot(page, path, height=1300):
     page.mouse.move(5, 5)
     page.set_viewport_size({"width": 1400, "height": height})
     page.wait_for_timeout(800)
-    page.screenshot(path=str(path))
+    page.screenshot(path=str(path), timeout=120_000)  # a busy 2-core machine renders slowly
     Image.open(path).convert("RGB").save(path, optimize=True)
     page.set_viewport_size({"width": 1400, "height": 1000})
 

@@ -36,6 +36,7 @@ DEMO_SESSION = ROOT / "assets" / "realtext" / "demo_session.npz"
 #: Set to 1 (or true/yes/on) to accept .keras uploads; `make run` (local use) sets it.
 MODEL_UPLOAD_ENV = "SDATTN_ALLOW_MODEL_UPLOAD"
 
+CHOSEN = "_sdattn_source_chosen"  # the user picked the input source (not a URL or a bundle)
 PENDING = "_sdattn_upload_files"  # slot → Blob: the files the user uploaded, widget-independent
 CURRENT = "_sdattn_upload_input"  # the last good `Loaded` built from them
 # Upload slots: (widget key, what it is, accepted extensions).
@@ -209,7 +210,7 @@ def _model(name: str, digest: str, _payload: bytes) -> ModelFile:
     try:
         with zipfile.ZipFile(io.BytesIO(_payload)) as archive:
             members = set(archive.namelist())
-    except zipfile.BadZipFile:
+    except Exception:  # BadZipFile, and the odd ValueError or EOFError of a damaged directory
         members = set()
     if "config.json" not in members:
         raise SourceError(f"{literal(name)} is not a Keras archive: a `.keras` file is a zip "
@@ -507,8 +508,14 @@ def _on_change(slot: str) -> None:
         pending()[slot] = Blob.of(uploaded)
 
 
+def source_chosen() -> None:
+    """Callback of the Input radio: from now on Upload was the user's own choice."""
+    st.session_state[CHOSEN] = True
+
+
 def clear() -> None:
     """Forgets every uploaded file and the input built from them (the "Clear uploads" button)."""
+    st.session_state[CHOSEN] = True
     st.session_state[PENDING] = {}
     st.session_state.pop(CURRENT, None)
     for key in WIDGET_KEYS.values():
@@ -617,5 +624,5 @@ def upload_panel() -> Loaded | None:
 
 
 def refers_to_missing_upload() -> bool:
-    """True when Upload is chosen but the session holds no uploaded file (e.g. a shared URL)."""
-    return not pending() and current() is None
+    """True when Upload came with the URL (not the user's click) and no file is uploaded yet."""
+    return not st.session_state.get(CHOSEN) and not pending() and current() is None

@@ -61,7 +61,7 @@ def _input_panel():
     default(params.SOURCE, "generate")
     source = st.radio(
         "Input", params.SOURCES, format_func=params.SOURCE_LABELS.get, key=params.SOURCE,
-        horizontal=True,
+        horizontal=True, on_change=sources.source_chosen,
         help="Generate a synthetic example, or upload your own files: queries, keys, labels, "
              "a session or a model.",
     )
