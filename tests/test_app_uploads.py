@@ -309,3 +309,31 @@ def test_trained_demo_layer_is_offered_only_when_its_file_exists(monkeypatch, tm
     scores, indices = layer_call(layer, dense, vectors)
     np.testing.assert_allclose(grid_of(at), scattered(scores, indices, 60), atol=1e-5)
     sources.demo_layer.clear()
+
+
+# ----------------------------------------------------------------------------- label files
+
+
+def test_label_files_plain_text_csv_column_and_header():
+    blob = sources.Blob
+    assert sources.parse_labels(blob("a.txt", "x", b"alpha\nbeta\n\n")) == ["alpha", "beta"]
+    assert sources.parse_labels(blob("a.csv", "x", b"word,count\nthe,3\nand,2\n")) == [
+        "the", "and"]
+    assert sources.parse_labels(blob("a.csv", "x", b'"a, b",1\nc,2\n')) == ["a, b", "c"]
+    with pytest.raises(sources.SourceError, match="not UTF-8"):
+        sources.parse_labels(blob("bad.txt", "x", b"\xff\xfe\xfa"))
+    with pytest.raises(sources.SourceError, match="holds no labels"):
+        sources.parse_labels(blob("empty.txt", "x", b"\n\n"))
+
+
+def test_a_bundle_with_a_key_file_says_the_key_file_was_not_used(text):
+    from sdattn import inputs
+
+    buffer = io.BytesIO()
+    inputs.save_inputs(inputs.generate_inputs("planted", seed=1), buffer)
+    loaded = sources.compose({
+        sources.QUERY: sources.Blob("bundle.npz", "b" * 64, buffer.getvalue()),
+        sources.KEYS: sources.Blob("words.npy", "k" * 64, npy_bytes(text[1])),
+    })
+    assert any("words" in plain(note) and "was not used" in note for note in loaded.notices)
+    assert loaded.generated_keys is None and loaded.layer is None
