@@ -416,18 +416,21 @@ def compose(files: dict[str, Blob], layer_choice: str | None = None) -> Loaded:
             notices.append(f"{literal(query.name)} saved keys apart from its values; the app "
                            "attends with key = value, so its scores are not the saved run's.")
     else:
+        is_bundle = query.suffix == ".npz" and "bundle_info" in _members(query)
+        used_keys = None if is_bundle else keys  # a bundle carries its own keys
         key_arg = None
-        if keys is not None:
+        if used_keys is not None:
             key_arg = _key_array(keys) if keys.suffix == ".npz" else keys.buffer()
         try:
             example, extras = _inputs(query.name, query.digest,
-                                      keys.name if keys else None, keys.digest if keys else None,
+                                      used_keys.name if used_keys else None,
+                                      used_keys.digest if used_keys else None,
                                       query.payload, key_arg)
         except inputs.InputError as error:
             with_keys = f" with keys {literal(keys.name)}" if keys is not None else ""
             raise SourceError(f"Could not read {literal(query.name)}{with_keys}: "
                               f"{literal(error, 400)}") from None
-        if "bundle_info" in _members(query):
+        if is_bundle:
             if keys is not None:
                 notices.append(f"{literal(query.name)} is an sdattn bundle with its own keys, so "
                                f"{literal(keys.name)} was not used.")
