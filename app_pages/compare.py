@@ -25,6 +25,7 @@ with st.sidebar:
     example, input_spec, item, settings = widgets.input_and_model_panel(choose_selector=False)
     selectors = comparison_views.selectors_control()
 
+widgets.main_area_notices()  # e.g. "keys are generated", next to the input summary
 if example is None:
     st.stop()
 if len(selectors) < 2:
@@ -44,8 +45,8 @@ if problem is not None:
     st.error(problem)
     st.stop()
 runs_by_label = {run.label: run for run in runs}
-st.caption(f"Input: {literal(input_spec.description, 120)}. "
-           f"k = {runs[0].k} of {single.num_keys} keys, {settings.num_heads} heads, {settings.weights} weights.")
+st.caption(f"Input: {literal(input_spec.description, 120)}. k = {runs[0].k} of {single.num_keys} "
+           f"keys, {settings.num_heads} heads. {widgets.weights_text(settings)}.")
 
 st.subheader("Metrics against exact attention")
 comparison_views.summary_table(runs, key=SUMMARY_TABLE)

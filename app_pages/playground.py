@@ -20,6 +20,7 @@ st.caption(
 with st.sidebar:
     example, input_spec, item, settings = widgets.input_and_model_panel()
 
+widgets.main_area_notices()  # e.g. "keys are generated", next to the input summary below
 if example is None:
     st.stop()
 
@@ -31,7 +32,7 @@ with widgets.run_status(f"Running {settings.selector} top-{settings.top_k} atten
 if problem is not None:
     st.error(problem)
     st.stop()
-st.caption(f"Input: {literal(input_spec.description, 120)}. "
+st.caption(f"Input: {literal(input_spec.description, 120)}. {widgets.weights_text(settings)}. "
            f"Layer call: {result.seconds * 1000:.0f} ms.")
 
 st.subheader("Top-k selection")

@@ -259,7 +259,7 @@ def test_bad_upload_shows_an_error_and_keeps_running(app):
     assert sorted(uploader.proto.type) == [".csv", ".mtx", ".npy", ".npz"]
     uploader.upload("broken.npz", b"this is not a zip archive").run()
     assert not app.exception
-    assert len(app.error) == 1 and "broken.npz" in app.error[0].value.replace("\\", "")  # escaped
+    assert len(app.error) == 1 and "broken.npz" in app.error[0].value.replace("\\", "")
     assert not app.get("plotly_chart")
     app.radio(key=params.SOURCE).set_value("generate").run()  # and the app carries on
     assert len(app.get("plotly_chart")) == 3 and not app.error
@@ -276,16 +276,12 @@ def test_valid_upload_is_drawn_with_its_own_labels(app):
     assert spec["data"][0]["x"] == figures.axis_labels(example.key_labels, example.num_keys, "k")
 
 
-def test_read_upload_turns_input_errors_into_messages():
-    class Upload:
-        name = "empty.csv"
+def test_unreadable_files_become_messages_naming_them():
+    from ui import sources
 
-        @staticmethod
-        def getvalue():
-            return b""
-
-    example, spec, message = runner.read_upload(Upload())
-    assert example is None and spec is None and "empty.csv" in message
+    empty = sources.Blob("empty.csv", "0" * 64, b"")
+    with pytest.raises(sources.SourceError, match=r"empty\\.csv"):
+        sources.compose({sources.QUERY: empty})
 
 
 # ----------------------------------------------------------------------------- downloads

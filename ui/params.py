@@ -73,7 +73,11 @@ DEFAULT_KEY_DIM = 16
 DEFAULT_SELECTOR = "dot"
 DEFAULT_SEED = 0
 WEIGHT_KINDS = ("aligned", "random")  # sdattn.weights.WEIGHT_KINDS
-WEIGHT_LABELS = {"aligned": "Aligned", "random": "Random"}
+WEIGHT_LABELS = {"aligned": "Aligned", "random": "Random", "layer": "From your layer",
+                 "demo": "Trained demo layer"}
+# Trained weights, offered only when there is such a layer: the one an uploaded session or model
+# brought ("layer", a URL cannot carry it) and the shipped demo session ("demo").
+LAYER_WEIGHT_KINDS = ("layer", "demo")
 # Aligned: scores follow query-key similarity with a spread of about 2, so attention is peaked
 # and selectors differ; random Glorot projections give scores of about ±0.05, a flat softmax.
 DEFAULT_WEIGHTS = "aligned"

@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
+import math
+import statistics
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 import sdattn
-from sdattn import comparison, inputs, reference
+from sdattn import comparison, inputs, metrics, reference
 from sdattn import selectors as selectors_lib
 from sdattn import weights as weights_lib
 from ui import params
@@ -28,8 +31,8 @@ class InputSpec:
         kind: generator kind (generate only).
         params: sorted `(name, value)` pairs passed to the generator.
         data_seed: generator seed.
-        name: uploaded file name (upload only).
-        digest: SHA-256 of the uploaded bytes (upload only).
+        name: uploaded file name, or the files' names joined (upload only).
+        digest: SHA-256 of the uploaded bytes, or of all the files in use (upload only).
     """
 
     source: str
@@ -57,7 +60,9 @@ class ModelSettings:
     key_dim: int
     selector: str  # "" on pages that choose several selectors themselves (compare)
     seed: int
-    weights: str = params.DEFAULT_WEIGHTS  # a `sdattn.weights.WEIGHT_KINDS` name
+    weights: str = params.DEFAULT_WEIGHTS  # a WEIGHT_KINDS or LAYER_WEIGHT_KINDS name
+    # The `LayerSource.digest` whose trained weights the run uses ("layer"/"demo" weights only).
+    layer: str | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,6 +89,111 @@ class RunResult:
         return int(self.indices.shape[-1])
 
 
+# ----------------------------------------------------------------------------- trained layers
+
+
+@dataclass(frozen=True, eq=False)
+class LayerSource:
+    """A built `SparseDenseMultiHeadAttention` whose trained weights the app runs with.
+
+    Args:
+        digest: identifies the layer (its file's SHA-256, plus the layer's path in a model).
+        name: what the page calls it, e.g. `model.keras: attn_2` (user text: show it through
+            `ui.text.literal`).
+        origin: `"session"` (a session .npz), `"model"` (a .keras upload) or `"demo"` (the
+            shipped trained demo layer).
+        layer: the built layer; never called by the app (runs rebuild it from its config).
+    """
+
+    digest: str
+    name: str
+    origin: str
+    layer: object
+
+    @property
+    def _kernels(self):
+        return self.layer.get_weights()
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.layer.num_heads)
+
+    @property
+    def key_dim(self) -> int:
+        return int(self.layer.key_dim)
+
+    @property
+    def top_k(self) -> int:
+        return int(self.layer.top_k)
+
+    @property
+    def selector_name(self) -> str:
+        return str(getattr(self.layer.selector, "selector_name", ""))
+
+    @property
+    def query_dim(self) -> int:
+        """Dq the layer was built for: rows of its query kernel `[Dq, H, key_dim]`."""
+        return int(self._kernels[0].shape[0])
+
+    @property
+    def value_dim(self) -> int:
+        """D of the keys/values it was built for: rows of its value kernel `[D, H, value_dim]`."""
+        weights = self._kernels
+        return int(weights[4 if self.layer.get_config()["use_bias"] else 2].shape[0])
+
+    @property
+    def key_input_dim(self) -> int:
+        weights = self._kernels
+        return int(weights[2 if self.layer.get_config()["use_bias"] else 1].shape[0])
+
+    @property
+    def summary(self) -> str:
+        """One plain line: heads, key_dim, the sizes it takes, k and selector."""
+        return (f"{self.num_heads} heads × key_dim {self.key_dim}, queries Dq = "
+                f"{self.query_dim}, keys D = {self.value_dim}, top_k = {self.top_k}, "
+                f"selector {self.selector_name or 'custom'}")
+
+    def dims_problem(self, example: inputs.Example, what: str) -> str | None:
+        """Why `example` cannot run through this layer (plain text), or None when it can."""
+        wrong = []
+        if example.query_dim != self.query_dim:
+            wrong.append(f"queries of size Dq = {self.query_dim} (has {example.query_dim})")
+        if example.value_dim != self.value_dim or example.value_dim != self.key_input_dim:
+            wrong.append(f"keys of size D = {self.value_dim} (has {example.value_dim})")
+        if not wrong:
+            return None
+        return f"{self.name} takes " + " and ".join(wrong) + f", so it cannot run on {what}."
+
+
+_LAYERS: OrderedDict[str, LayerSource] = OrderedDict()
+_LAYERS_LOCK = threading.Lock()
+_MAX_LAYERS = 16
+
+
+def register_layer(source: LayerSource) -> None:
+    """Makes a layer source reachable by its digest from the cached runs (call on every rerun
+    that uses it: the registry keeps the 16 most recently registered)."""
+    with _LAYERS_LOCK:
+        _LAYERS[source.digest] = source
+        _LAYERS.move_to_end(source.digest)
+        while len(_LAYERS) > _MAX_LAYERS:
+            _LAYERS.popitem(last=False)
+
+
+def registered_layer(digest: str) -> LayerSource:
+    with _LAYERS_LOCK:
+        source = _LAYERS.get(digest)
+    if source is None:
+        raise ValueError("the trained layer of this run is no longer loaded; upload it again")
+    return source
+
+
+def _layer_mha_weights(source: LayerSource) -> list[np.ndarray]:
+    """The attention arrays of a trained layer, MHA order (8 with biases, 4 without)."""
+    count = 8 if source.layer.get_config()["use_bias"] else 4
+    return [np.asarray(w) for w in source.layer.get_weights()[:count]]
+
+
 # ----------------------------------------------------------------------------- inputs
 
 
@@ -91,33 +201,6 @@ class RunResult:
 def generated_example(kind: str, params: tuple, data_seed: int) -> inputs.Example:
     """`sdattn.generate_inputs`, cached per (kind, params, seed)."""
     return inputs.generate_inputs(kind, seed=data_seed, **dict(params))
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def _uploaded_example(name: str, digest: str, _payload: bytes) -> inputs.Example:
-    """`sdattn.load_inputs` on an upload, cached by content (`digest` stands for `_payload`)."""
-    buffer = io.BytesIO(_payload)
-    buffer.name = name
-    return inputs.load_inputs(buffer)
-
-
-def read_upload(uploaded) -> tuple[inputs.Example | None, InputSpec | None, str | None]:
-    """Loads an uploaded file, turning any problem into a message instead of an exception.
-
-    Args:
-        uploaded: a Streamlit `UploadedFile` (or any object with `.name` and `.getvalue()`).
-
-    Returns:
-        `(example, spec, None)` on success, `(None, None, message)` when the file is not a valid
-        input; the message says what is wrong and what the app accepts.
-    """
-    payload = uploaded.getvalue()
-    digest = hashlib.sha256(payload).hexdigest()
-    try:
-        example = _uploaded_example(uploaded.name, digest, payload)
-    except inputs.InputError as error:
-        return None, None, f"Could not read {uploaded.name!r}: {error}"
-    return example, InputSpec(source="upload", name=uploaded.name, digest=digest), None
 
 
 # ----------------------------------------------------------------------------- layers
@@ -130,8 +213,11 @@ def layer_weights(spec: InputSpec, settings: ModelSettings,
 
     Drawn from the whole example (aligned weights calibrate on batch item 0), so every batch
     item, k and selector sees the very same weights and the views differ only by the setting
-    that changed. `spec` identifies `_example`.
+    that changed. `spec` identifies `_example`. With a trained layer (`settings.layer`), its own
+    arrays (4 kernels when it has no biases).
     """
+    if settings.layer is not None:
+        return _layer_mha_weights(registered_layer(settings.layer))
     return weights_lib.make_weights(
         settings.weights, _example, settings.num_heads, settings.key_dim, seed=settings.seed)
 
@@ -146,7 +232,14 @@ def selector_config(name: str, seed: int) -> str | dict:
 
 @st.cache_resource(max_entries=32, show_spinner=False)
 def get_layer(spec: InputSpec, settings: ModelSettings, _example: inputs.Example):
-    """A built `SparseDenseMultiHeadAttention` holding `layer_weights(...)`, shared by all."""
+    """A built `SparseDenseMultiHeadAttention` holding `layer_weights(...)`, shared by all.
+
+    With a trained layer (`settings.layer`) it is that layer rebuilt from its config with the
+    page's k and selector, holding its weights: all of them when the selector is the layer's
+    own (a trained `learned` scorer stays trained), else the attention arrays.
+    """
+    if settings.layer is not None:
+        return _rebuilt_layer(registered_layer(settings.layer), settings, _example)
     layer = sdattn.SparseDenseMultiHeadAttention(
         num_heads=settings.num_heads,
         key_dim=settings.key_dim,
@@ -158,6 +251,27 @@ def get_layer(spec: InputSpec, settings: ModelSettings, _example: inputs.Example
     weights = layer.get_weights()
     weights[:8] = layer_weights(spec, settings, _example)
     layer.set_weights(weights)
+    return layer
+
+
+def _rebuilt_layer(source: LayerSource, settings: ModelSettings, example: inputs.Example):
+    problem = source.dims_problem(example, "this input")
+    if problem is not None:
+        raise ValueError(problem)
+    config = source.layer.get_config()
+    config["top_k"] = settings.top_k
+    own_selector = not settings.selector or settings.selector == source.selector_name
+    if not own_selector:
+        config["selector"] = selector_config(settings.selector, settings.seed)
+    layer = sdattn.SparseDenseMultiHeadAttention.from_config(config)
+    layer.build((None, None, example.query_dim), (None, None, example.value_dim))
+    trained = [np.asarray(w) for w in source.layer.get_weights()]
+    fresh = layer.get_weights()
+    if own_selector and [w.shape for w in trained] == [w.shape for w in fresh]:
+        layer.set_weights(trained)
+    else:
+        attention = _layer_mha_weights(source)
+        layer.set_weights(attention + fresh[len(attention):])
     return layer
 
 
@@ -226,8 +340,12 @@ def compare_runs(spec: InputSpec, item: int, settings: ModelSettings, selectors:
     """`sdattn.comparison.run_selectors` on batch item `item`, with the run's `layer_weights`.
 
     Every selector gets the same weights, and seedable ones (`random`, `lsh`) the weight seed,
-    as in the playground; `settings.selector` is not used. `spec` identifies `_example`.
+    as in the playground; `settings.selector` is not used. `spec` identifies `_example`. With
+    a trained layer, each selector runs in that layer rebuilt (`get_layer`), so its
+    `value_dim`, `output_shape` and biases are kept.
     """
+    if settings.layer is not None:
+        return _trained_layer_runs(spec, item, settings, selectors, _example, repeats=3)
     return comparison.run_selectors(
         _example.item(item), list(selectors), settings.top_k, settings.num_heads,
         settings.key_dim, seed=settings.seed, weights=layer_weights(spec, settings, _example))
@@ -262,9 +380,59 @@ def compare_k_sweep(spec: InputSpec, item: int, settings: ModelSettings,
                     selectors: tuple[str, ...], ks: tuple[int, ...],
                     _example: inputs.Example):
     """`sdattn.comparison.k_sweep_table` on batch item `item` with the run's weights."""
+    if settings.layer is not None:
+        rows = [run.summary()
+                for k in ks
+                for run in _trained_layer_runs(spec, item, dataclasses.replace(settings, top_k=k),
+                                               selectors, _example, repeats=0)]
+        columns = [column for column in comparison.SUMMARY_COLUMNS if column != "time_ms"]
+        return pd.DataFrame(rows, columns=columns)
     return comparison.k_sweep_table(
         _example.item(item), list(selectors), list(ks), settings.num_heads, settings.key_dim,
         seed=settings.seed, weights=layer_weights(spec, settings, _example))
+
+
+def _trained_layer_runs(spec: InputSpec, item: int, settings: ModelSettings,
+                        selectors: tuple[str, ...], example: inputs.Example, *,
+                        repeats: int) -> list[comparison.SelectorRun]:
+    """What `comparison.run_selectors` measures, for selectors run in a rebuilt trained layer."""
+    import tensorflow as tf
+
+    single = example.item(item)
+    source = registered_layer(settings.layer)
+    dense = comparison.dense_reference(single, _layer_mha_weights(source))
+    query = single.to_sparse_tensor()
+    value = tf.constant(single.value)
+    masks = dict(query_mask=tf.constant(single.query_mask),
+                 value_mask=tf.constant(single.value_mask))
+    query_valid = np.asarray(single.query_mask, bool)  # [B, M]
+    runs = []
+    for name in selectors:
+        layer = get_layer(spec, dataclasses.replace(settings, selector=name), example)
+        output, scores, indices = layer(query, value, return_attention_scores=True, **masks)
+        durations = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            layer(query, value, **masks)
+            durations.append((time.perf_counter() - started) * 1e3)
+        indices = np.asarray(indices).astype(np.int32)  # [B, H, M, k]
+        output = np.asarray(output)
+        error = np.where(query_valid, metrics.output_relative_error(output, dense.output), np.nan)
+        truth = None
+        if single.ground_truth is not None:
+            truth = metrics.ground_truth_recall(indices, single.ground_truth)
+            truth = np.where(query_valid[:, None, :], truth, np.nan)
+        runs.append(comparison.SelectorRun(
+            label=name, selector=selectors_lib.serialize(layer.selector),
+            per_head=bool(type(layer.selector).per_head), top_k=settings.top_k,
+            key_dim=source.key_dim, indices=indices, scores=np.asarray(scores), output=output,
+            recall=metrics.recall_at_k(indices, dense.logits, mask=dense.mask,
+                                       tie_tolerance=comparison._TIE_TOLERANCE),
+            mass=metrics.attention_mass_captured(indices, dense.weights, mask=dense.mask),
+            output_error=error, ground_truth_recall=truth,
+            head_agreement=metrics.mean_head_agreement(indices),
+            time_ms=statistics.median(durations) if durations else math.nan, dense=dense))
+    return runs
 
 
 def run_result(run: comparison.SelectorRun) -> RunResult:

@@ -15,12 +15,16 @@ from streamlit.runtime.scriptrunner import add_script_run_ctx
 import sdattn
 from sdattn import inputs
 from sdattn import selectors as selectors_lib
-from ui import bundle, generators, params, url_state
+from ui import bundle, generators, params, sources, url_state
+from ui.runner import InputSpec, LayerSource, ModelSettings, generated_example, register_layer
 from ui.text import literal
-from ui.runner import InputSpec, ModelSettings, generated_example, read_upload
 
-# Formats the loader understands, without the dot (st.file_uploader's `type=`).
-UPLOAD_TYPES = ("npz", "mtx", "csv", "npy")
+# Formats the query loader understands, without the dot (st.file_uploader's `type=`).
+UPLOAD_TYPES = sources.QUERY_TYPES
+NOTICES = "_sdattn_main_notices"  # what this run's input panel wants said in the main area
+LAYER_APPLIED = "_sdattn_layer_applied"  # digest of the last layer whose defaults were applied
+LAYER_HEADS = "layer_heads"  # the disabled Heads / key_dim widgets shown with a trained layer
+LAYER_KEY_DIM = "layer_key_dim"
 
 
 def default(key: str, value) -> None:
@@ -46,16 +50,36 @@ def input_panel() -> tuple[inputs.Example | None, InputSpec | None]:
         caches, or `(None, None)` when there is no usable input yet; problems are shown with
         `st.error` and never raised.
     """
+    example, spec, _ = _input_panel()
+    return example, spec
+
+
+def _input_panel():
+    """`input_panel`, plus the trained layer an upload (session or model) brought, or None."""
     url_state.restore()  # before any widget: URL (first run) or page-switch values seed them
+    st.session_state[NOTICES] = []
     default(params.SOURCE, "generate")
     source = st.radio(
         "Input", params.SOURCES, format_func=params.SOURCE_LABELS.get, key=params.SOURCE,
-        horizontal=True,
-        help="Generate a synthetic example, or upload your own file (.npz, .mtx, .csv or .npy).",
+        horizontal=True, on_change=sources.source_chosen,
+        help="Generate a synthetic example, or upload your own files: queries, keys, labels, "
+             "a session or a model.",
     )
     if source == "upload":
         return _upload_panel()
-    return _generate_panel()
+    example, spec = _generate_panel()
+    return example, spec, None
+
+
+def main_area_notices() -> None:
+    """What the input panel must say next to the input summary (generated keys, a shared URL
+    that referred to an upload); pages call it in the main area, after the sidebar."""
+    for notice in st.session_state.get(NOTICES) or []:
+        st.info(notice, icon=":material/info:")
+
+
+def _notice(text: str) -> None:
+    st.session_state.setdefault(NOTICES, []).append(text)
 
 
 def _generate_panel():
@@ -97,25 +121,20 @@ def _generate_panel():
 
 
 def _upload_panel():
-    uploaded = st.file_uploader(
-        "Input file", type=list(UPLOAD_TYPES), key=params.UPLOAD,
-        help="An sdattn bundle (.npz from `sdattn.save_inputs`), or sparse queries alone as a "
-             "scipy .npz, Matrix Market .mtx, COO .csv (row,col,value) or dense .npy; "
-             "query-only files get seeded Gaussian keys.",
-    )
     url_state.publish("input", {params.SOURCE: "upload"})  # uploaded data never goes in the URL
-    if uploaded is None:
-        st.info("Upload an input file, or switch to **Generate**.")
-        return None, None
-    example, input_spec, message = read_upload(uploaded)
-    if message is not None:
-        st.error(literal(message, None))  # it quotes the file's name and content
-        return None, None
-    for note in (example.metadata or {}).get("notes") or []:
-        # What the loader converted (dense → sparse, keys); a bundle's own notes are its text.
-        st.caption(f":material/info: {literal(note, 300)}")
-    bundle.restore_session(uploaded, input_spec)  # a session bundle brings its settings back
-    return example, input_spec
+    if sources.refers_to_missing_upload():
+        _notice("This view's input was uploaded files, and a URL cannot carry files: upload "
+                "them again in the sidebar (**Input → Upload a file**), or switch to "
+                "**Generate**.")
+    loaded = sources.upload_panel()
+    if loaded is None:
+        return None, None, None
+    if loaded.generated_keys:
+        _notice(loaded.generated_keys)
+    if loaded.bundle is not None:  # a session bundle brings its view settings back
+        bundle.restore_session(loaded.bundle, InputSpec(source="upload", name=loaded.bundle.name,
+                                                        digest=loaded.bundle.digest))
+    return loaded.example, loaded.spec, loaded.layer
 
 
 def batch_item_control(batch_size: int) -> int:
@@ -137,29 +156,50 @@ def input_and_model_panel(*, choose_selector: bool = True):
         `(example or None, input spec or None, batch item, ModelSettings)`.
     """
     st.header("Input")
-    example, input_spec = input_panel()
+    example, input_spec, layer = _input_panel()
     item = batch_item_control(example.batch_size) if example is not None else 0
     st.header("Model")
     # Without an input (an upload still missing) k keeps its range, so it is not clamped to 1.
     settings = model_controls(example.num_keys if example is not None else params.MAX_TOP_K,
-                              choose_selector=choose_selector)
+                              choose_selector=choose_selector, layer=layer, example=example)
     return example, input_spec, item, settings
 
 
 # ----------------------------------------------------------------------------- model controls
 
 
-def model_controls(num_keys: int, *, choose_selector: bool = True) -> ModelSettings:
+def model_controls(num_keys: int, *, choose_selector: bool = True, layer: LayerSource | None = None,
+                   example: inputs.Example | None = None) -> ModelSettings:
     """k, heads, key_dim, selector, weights and weight seed, each with a one-line description.
 
     Args:
         num_keys: N of the input, the upper end of the k slider.
         choose_selector: draw the selector box; a page that picks several selectors itself
             (compare) passes False and gets `selector=""`.
+        layer: the trained layer an upload brought: the Weights control then offers "From your
+            layer" (chosen when the layer first appears), which fixes heads and key_dim.
+        example: the input, to say when the trained demo layer does not fit it.
 
     Returns:
         The `ModelSettings` the widgets hold.
     """
+    demo = sources.demo_layer() if sources.demo_available() else None
+    weight_kinds = (("layer",) if layer is not None else ()) + params.WEIGHT_KINDS + (
+        ("demo",) if demo is not None else ())
+    if layer is not None and st.session_state.get(LAYER_APPLIED) != layer.digest:
+        _apply_layer_defaults(layer, num_keys)  # a new layer: its weights, k and selector
+    chosen = st.session_state.get(params.WEIGHTS, params.DEFAULT_WEIGHTS)
+    if chosen not in weight_kinds:
+        if chosen == "layer":
+            st.info("This view used the weights of an uploaded layer, and a URL cannot carry "
+                    "files: upload the session or model again to get them back.",
+                    icon=":material/link_off:")
+        st.session_state[params.WEIGHTS] = params.DEFAULT_WEIGHTS
+        chosen = params.DEFAULT_WEIGHTS
+    trained = {"layer": layer, "demo": demo}.get(chosen)
+    if trained is not None:
+        register_layer(trained)
+
     max_k = max(1, min(num_keys, params.MAX_TOP_K))
     default(params.TOP_K, min(params.DEFAULT_TOP_K, max_k))
     clamp(params.TOP_K, 1, max_k)
@@ -172,40 +212,97 @@ def model_controls(num_keys: int, *, choose_selector: bool = True) -> ModelSetti
     else:  # a slider needs min < max
         top_k = 1
         st.caption("k = 1 (the input has a single key).")
-    default(params.HEADS, params.DEFAULT_HEADS)
-    num_heads = st.select_slider(
-        "Heads", options=params.HEAD_OPTIONS, key=params.HEADS,
-        help="Attention heads; each has its own projections (and, for `dot`, its own top-k).",
-    )
-    default(params.KEY_DIM, params.DEFAULT_KEY_DIM)
-    key_dim = st.select_slider(
-        "key_dim", options=params.KEY_DIM_OPTIONS, key=params.KEY_DIM,
-        help="Size of each head's query/key projection.",
-    )
+    if trained is not None:  # the trained weights have their shapes: shown, not chosen
+        st.session_state[LAYER_HEADS] = trained.num_heads
+        st.session_state[LAYER_KEY_DIM] = trained.key_dim
+        reason = (f"Fixed by {literal(trained.name)}: its trained weights have "
+                  f"{trained.num_heads} heads of key_dim {trained.key_dim}. k and the "
+                  "selector stay free.")
+        num_heads = st.number_input("Heads", min_value=1, step=1, key=LAYER_HEADS,
+                                    disabled=True, help=reason)
+        key_dim = st.number_input("key_dim", min_value=1, step=1, key=LAYER_KEY_DIM,
+                                  disabled=True, help=reason)
+        st.caption(f":material/lock: Heads and key_dim follow {literal(trained.name)} "
+                   f"({trained.num_heads} × {trained.key_dim}); choose other weights to change "
+                   "them.")
+    else:
+        default(params.HEADS, params.DEFAULT_HEADS)
+        num_heads = st.select_slider(
+            "Heads", options=params.HEAD_OPTIONS, key=params.HEADS,
+            help="Attention heads; each has its own projections (and, for `dot`, its own "
+                 "top-k).",
+        )
+        default(params.KEY_DIM, params.DEFAULT_KEY_DIM)
+        key_dim = st.select_slider(
+            "key_dim", options=params.KEY_DIM_OPTIONS, key=params.KEY_DIM,
+            help="Size of each head's query/key projection.",
+        )
     selector = selector_control() if choose_selector else ""
-    default(params.WEIGHTS, params.DEFAULT_WEIGHTS)
     weights = st.radio(
-        "Weights", params.WEIGHT_KINDS, format_func=params.WEIGHT_LABELS.get,
+        "Weights", weight_kinds, format_func=params.WEIGHT_LABELS.get,
         key=params.WEIGHTS, horizontal=True,
-        help="**Aligned**: each head's scores follow the similarity of the raw query and key "
-             "rows (a random orthonormal view of the key space per head, scaled so scores "
-             "spread by about 2), so attention is peaked like a trained model's. **Random**: "
-             "seeded Glorot projections, as a fresh Keras layer has; scores are tiny and "
-             "attention is nearly uniform.",
+        help="**From your layer**: the trained weights of the uploaded session or model, "
+             "rebuilt with the k and selector chosen here. **Aligned**: each head's scores "
+             "follow the similarity of the raw query and key rows (a random orthonormal view "
+             "of the key space per head, scaled so scores spread by about 2), so attention is "
+             "peaked like a trained model's. **Random**: seeded Glorot projections, as a fresh "
+             "Keras layer has; scores are tiny and attention is nearly uniform. **Trained demo "
+             "layer**: a layer the repository trained on its real-text example.",
     )
+    if trained is not None:
+        st.caption(f":material/model_training: {literal(trained.name)}: "
+                   f"{literal(trained.summary, None)}.")
+    if weights == "demo" and demo is not None and example is not None:
+        problem = demo.dims_problem(example, "this input")
+        if problem is not None:
+            st.warning(literal(problem, None) + " Load the input it was trained on:",
+                       icon=":material/warning:")
+            st.button("Use the demo layer's input", key="use_demo_input",
+                      on_click=sources.use_demo_input)
     default(params.SEED, params.DEFAULT_SEED)
     seed = st.number_input(
         "Weight seed", min_value=0, max_value=2**31 - 1, step=1, key=params.SEED,
         help="Seeds the projection weights (and the random selector): same seed, same weights.",
     )
     url_state.publish("model", {
-        params.TOP_K: int(top_k), params.HEADS: int(num_heads), params.KEY_DIM: int(key_dim),
+        params.TOP_K: int(top_k),
+        params.HEADS: None if trained is not None else int(num_heads),
+        params.KEY_DIM: None if trained is not None else int(key_dim),
         params.SELECTOR: str(selector) or None, params.WEIGHTS: str(weights),
         params.SEED: int(seed)})
     return ModelSettings(
         top_k=int(top_k), num_heads=int(num_heads), key_dim=int(key_dim),
         selector=str(selector), seed=int(seed), weights=str(weights),
+        layer=trained.digest if trained is not None else None,
     )
+
+
+def _apply_layer_defaults(layer: LayerSource, num_keys: int) -> None:
+    """A newly uploaded layer: "From your layer" weights, its own k and selector, and every
+    selector on the compare page, so each strategy is measured on the trained weights."""
+    st.session_state[LAYER_APPLIED] = layer.digest
+    values = {params.WEIGHTS: "layer",
+              params.TOP_K: max(1, min(layer.top_k, num_keys, params.MAX_TOP_K))}
+    names = sdattn.available_selectors()
+    if layer.selector_name in names:
+        values[params.SELECTOR] = layer.selector_name
+    values[params.SELECTORS] = list(names)
+    for key, value in values.items():
+        st.session_state[key] = value  # no widget of these is drawn yet in this run
+    # ...and the page-switch memory, which would otherwise restore the values seen before.
+    url_state.publish("layer_defaults", {}, carry=values)
+
+
+def weights_text(settings: ModelSettings) -> str:
+    """Which weights a run used, as markdown for the page's caption (user text escaped)."""
+    if settings.layer is not None:
+        from ui.runner import registered_layer
+
+        source = registered_layer(settings.layer)
+        if source.origin == "demo":
+            return "Weights: trained, the trained demo layer's"
+        return f"Weights: trained, from {literal(source.name)}"
+    return f"Weights: {params.WEIGHT_LABELS.get(settings.weights, settings.weights).lower()}"
 
 
 def selector_control() -> str:
