@@ -169,14 +169,27 @@ def decode_figure_json(spec: str | dict) -> dict:
 # ----------------------------------------------------------------------------- layout helpers
 
 
-def _query_key_layout(title, x_labels, y_labels):
-    """Layout of a clickable query × key cell map: labelled category axes, a row height per query."""
+def _query_key_layout(title, x_labels, y_labels, plan: "GridPlan | None" = None):
+    """Layout of a clickable query × key cell map: labelled category axes, a row height per query.
+
+    With a `plan`, the plot is as tall as its drawn rows and the ticks label every row and
+    column that fits (`tick_labels`); without, rows take `_cell_height` and Plotly picks ticks.
+    """
+    xaxis = _category_axis(x_labels, "key")
+    yaxis = _category_axis(y_labels, "query", reversed_=True)
+    if plan is not None:
+        xaxis.update(tick_labels(x_labels, plan.cell_width), automargin=True)
+        yaxis.update(tick_labels(y_labels, plan.cell_height), automargin=True)
+        plot_height = plan.plot_height
+    else:
+        plot_height = _cell_height(len(y_labels)) * len(y_labels)
     return dict(
-        title=dict(text=title),
-        xaxis=_category_axis(x_labels, "key"),
-        yaxis=_category_axis(y_labels, "query", reversed_=True),
-        height=140 + _cell_height(len(y_labels)) * len(y_labels),
-        margin=dict(l=10, r=10, t=60, b=10),
+        # The title at the very top, the legend in its own row under it: they never overlap.
+        title=dict(text=title, yref="container", y=1.0, yanchor="top", pad=dict(t=12)),
+        xaxis=xaxis,
+        yaxis=yaxis,
+        height=150 + plot_height + (40 if plan is not None else 0),
+        margin=dict(l=10, r=10, t=76, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
         clickmode="event+select",
         dragmode="zoom",
@@ -236,3 +249,266 @@ def _facet_grid(count: int, rows: int, cols: int, titles: Sequence[str], hgap: f
         ))
     return axes, annotations
 
+
+
+# ----------------------------------------------------------------------------- pixel plan
+# The drawing of a query x key grid is chosen from the pixels a cell gets, not from a cell count:
+# the server cannot measure the browser, so it plans for a conservative plot width (the app's
+# wide layout at a 1280 px window leaves a full-width view about 800 px of plot area; a wider
+# window only makes every cell bigger).
+
+VIEW_WIDTH_PX = 640  # plot area of a full-width query x key view
+PANEL_GAP_PX = 24  # between two facets of the per-head grid
+GAP_CELL_PX = 4  # from this cell size on, cells are drawn with a 1 px gap
+MIN_CELL_PX = 2  # a pooled block is at least this big, so one selected key stays visible
+LABEL_PX = 13  # a tick label needs this much room along its axis (11 px font, rotated)
+MAX_LABEL_CHARS = 16  # tick labels are cut here; hover shows the whole label
+# Hover text per cell costs about 4 bytes a cell; past this many cells a figure hovers on drawn
+# cells only (no hover label on an empty cell rather than one saying "NaN").
+MAX_HOVER_TEXT_CELLS = 60_000
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """How a query x key grid is drawn: which window, pooled how much, how many pixels a cell.
+
+    Attributes:
+        num_rows: M of the whole input.
+        num_cols: N of the whole input.
+        row_start, row_stop: the query window drawn, `[row_start, row_stop)` (a zoom).
+        col_start, col_stop: the key window drawn.
+        row_factor, col_factor: queries x keys pooled into one drawn block (1: full resolution).
+        cell_width, cell_height: pixels of one drawn cell or block, at the planned width.
+    """
+
+    num_rows: int
+    num_cols: int
+    row_start: int = 0
+    row_stop: int | None = None
+    col_start: int = 0
+    col_stop: int | None = None
+    row_factor: int = 1
+    col_factor: int = 1
+    cell_width: float = 14.0
+    cell_height: float = 14.0
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        return self.row_start, self.num_rows if self.row_stop is None else self.row_stop
+
+    @property
+    def cols(self) -> tuple[int, int]:
+        return self.col_start, self.num_cols if self.col_stop is None else self.col_stop
+
+    @property
+    def drawn_rows(self) -> int:
+        start, stop = self.rows
+        return -(-(stop - start) // self.row_factor)
+
+    @property
+    def drawn_cols(self) -> int:
+        start, stop = self.cols
+        return -(-(stop - start) // self.col_factor)
+
+    @property
+    def drawn_cells(self) -> int:
+        return self.drawn_rows * self.drawn_cols
+
+    @property
+    def pooled(self) -> bool:
+        return self.row_factor > 1 or self.col_factor > 1
+
+    @property
+    def zoomed(self) -> bool:
+        return self.rows != (0, self.num_rows) or self.cols != (0, self.num_cols)
+
+    @property
+    def xgap(self) -> int:
+        return 1 if self.cell_width >= GAP_CELL_PX else 0
+
+    @property
+    def ygap(self) -> int:
+        return 1 if self.cell_height >= GAP_CELL_PX else 0
+
+    @property
+    def plot_height(self) -> int:
+        return int(math.ceil(self.drawn_rows * self.cell_height))
+
+    def row_labels(self, labels: Sequence[str]) -> list[str]:
+        """The drawn rows' labels: the window's, pooled (`"a…d"`) when blocked."""
+        start, stop = self.rows
+        return aggregate_labels(list(labels[start:stop]), self.row_factor)
+
+    def col_labels(self, labels: Sequence[str]) -> list[str]:
+        start, stop = self.cols
+        return aggregate_labels(list(labels[start:stop]), self.col_factor)
+
+    def first_row(self, drawn_row):
+        """The first query of a drawn row (block), as an index of the whole input."""
+        return self.row_start + np.asarray(drawn_row) * self.row_factor
+
+    def first_col(self, drawn_col):
+        return self.col_start + np.asarray(drawn_col) * self.col_factor
+
+    def describe(self) -> str:
+        """One line for a title: the window and the pooling, or "" at full resolution."""
+        parts = []
+        if self.zoomed:
+            (r0, r1), (c0, c1) = self.rows, self.cols
+            parts.append(f"queries {r0}–{r1 - 1}, keys {c0}–{c1 - 1}")
+        if self.pooled:
+            parts.append(f"blocks of {self.row_factor} × {self.col_factor}")
+        return ", ".join(parts)
+
+
+def _axis_plan(count: int, pixels: float, max_cell: float) -> tuple[int, float]:
+    """(factor, cell pixels) of a column axis of fixed width: full resolution down to 1 px a
+    cell, else pooled blocks of at least MIN_CELL_PX."""
+    count = max(count, 1)
+    if pixels / count >= 1.0:
+        return 1, min(max_cell, pixels / count)
+    factor = math.ceil(count * MIN_CELL_PX / pixels)
+    return factor, min(max_cell, pixels / -(-count // factor))
+
+
+def _row_plan(count: int, target_px: float, max_px: float, max_cell: float) -> tuple[int, float]:
+    """(factor, cell pixels) of the row axis, whose height the figure chooses: rows share
+    `target_px`, but never shrink under MIN_CELL_PX while the plot can grow up to `max_px`;
+    past that they are pooled into blocks of at least MIN_CELL_PX."""
+    count = max(count, 1)
+    cell = min(max_cell, target_px / count)
+    if cell >= MIN_CELL_PX:
+        return 1, cell
+    if count * MIN_CELL_PX <= max_px:
+        return 1, float(MIN_CELL_PX)
+    factor = math.ceil(count * MIN_CELL_PX / max_px)
+    drawn = -(-count // factor)
+    return factor, min(max_cell, max(float(MIN_CELL_PX), target_px / drawn))
+
+
+def plan_grid(num_rows: int, num_cols: int, *, width_px: float = VIEW_WIDTH_PX,
+              height_px: float = 560, max_height_px: float | None = None,
+              max_cell_height: float = 22.0,
+              rows: tuple[int, int] | None = None,
+              cols: tuple[int, int] | None = None) -> GridPlan:
+    """Plans the drawing of an `[M, N]` grid (or of the window `rows x cols` of it).
+
+    Below 1 px a column (2 px a row: rows are the figure's to size), an axis is pooled into
+    blocks of at least `MIN_CELL_PX`; from
+    `GAP_CELL_PX` on, cells get a 1 px gap (`GridPlan.xgap`); in between they are drawn edge
+    to edge, so no cell is lost to its gap.
+
+    Args:
+        num_rows, num_cols: M and N of the whole input.
+        width_px: plot width available to the grid.
+        height_px: the plot height the rows share.
+        max_height_px: how tall the plot may grow so that rows keep MIN_CELL_PX before they
+            are pooled; None: `height_px`.
+        max_cell_height: rows never grow taller than this (a few queries stay compact).
+        rows, cols: `(start, stop)` windows (a zoom), clipped to the input; None: all.
+
+    Returns:
+        A `GridPlan`.
+    """
+    r0, r1 = (0, num_rows) if rows is None else (max(0, int(rows[0])), min(num_rows, int(rows[1])))
+    c0, c1 = (0, num_cols) if cols is None else (max(0, int(cols[0])), min(num_cols, int(cols[1])))
+    r1, c1 = max(r1, r0 + 1), max(c1, c0 + 1)
+    row_factor, cell_height = _row_plan(r1 - r0, height_px,
+                                        max(height_px, max_height_px or 0), max_cell_height)
+    col_factor, cell_width = _axis_plan(c1 - c0, width_px, float("inf"))
+    return GridPlan(num_rows, num_cols, r0, r1, c0, c1, row_factor, col_factor,
+                    cell_width, cell_height)
+
+
+def _factor_plan(num_rows: int, num_cols: int, row_factor: int, col_factor: int) -> GridPlan:
+    """A plan from explicit block sizes (callers that pool themselves), cells sized by plan_grid."""
+    drawn = plan_grid(-(-num_rows // row_factor), -(-num_cols // col_factor))
+    return GridPlan(num_rows, num_cols, 0, num_rows, 0, num_cols, row_factor, col_factor,
+                    drawn.cell_width, drawn.cell_height)
+
+
+def shorten_label(label: str, limit: int = MAX_LABEL_CHARS) -> str:
+    """A tick label cut to `limit` characters with an ellipsis (hover shows the whole label)."""
+    label = str(label)
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
+def tick_labels(labels: Sequence[str], cell_px: float) -> dict:
+    """Tick settings of a category axis: every label when they fit, else every n-th; cut labels.
+
+    Returns:
+        `tickmode="array"` with `tickvals` (category names) and `ticktext` (shortened).
+    """
+    step = max(1, math.ceil(LABEL_PX / max(cell_px, 1e-6)))
+    shown = list(labels)[::step]
+    return dict(tickmode="array", tickvals=shown, ticktext=[shorten_label(s) for s in shown],
+                tickfont=dict(size=11))
+
+
+def _block_index(indices: np.ndarray, plan: GridPlan) -> tuple[np.ndarray, int]:
+    """Flat index `[H * M' * k]` of each slot's drawn block in `[H, R, C]`; slots outside the
+    window (or invalid) go to one extra bin at the end, whose position is returned too."""
+    (r0, r1), (c0, c1) = plan.rows, plan.cols
+    window_idx = np.asarray(indices)[:, r0:r1]  # [H, M', k]
+    heads, rows = window_idx.shape[:2]
+    head = np.arange(heads)[:, None, None]
+    block_row = (np.arange(rows) // plan.row_factor)[None, :, None]
+    flat = (head * plan.drawn_rows + block_row) * plan.drawn_cols + (
+        (window_idx - c0) // plan.col_factor)  # [H, M', k]
+    dump = heads * plan.drawn_rows * plan.drawn_cols
+    flat = np.where((window_idx >= c0) & (window_idx < c1), flat, dump)
+    return flat.ravel(), dump
+
+
+def pooled_slot_max(scores: np.ndarray, indices: np.ndarray, plan: GridPlan) -> np.ndarray:
+    """The largest slot weight in every drawn block of `plan`, straight from the slots.
+
+    Never builds the `[H, M, N]` grid (at M = N = 4,096 that is half a gigabyte of float64).
+
+    Args:
+        scores: float `[H, M, k]` slot weights.
+        indices: int `[H, M, k]` key positions, `-1` for invalid slots.
+        plan: the window and block sizes.
+
+    Returns:
+        float32 `[H, R, C]` (R, C: the plan's drawn rows and columns), NaN where no slot falls.
+    """
+    flat, dump = _block_index(indices, plan)
+    r0, r1 = plan.rows
+    values = np.asarray(scores, dtype=np.float32)[:, r0:r1].ravel()
+    out = np.full(dump + 1, -np.inf, np.float32)
+    np.maximum.at(out, flat, values)
+    out = out[:dump].reshape(-1, plan.drawn_rows, plan.drawn_cols)  # [H, R, C]
+    out[np.isneginf(out)] = np.nan
+    return out
+
+
+def pooled_head_counts(indices: np.ndarray, plan: GridPlan) -> np.ndarray:
+    """How many heads selected some key in every drawn block (a key counts once per head).
+
+    At full resolution this is `selection_counts` on the window.
+
+    Returns:
+        int `[R, C]` in `0..H`.
+    """
+    flat, dump = _block_index(indices, plan)
+    present = np.zeros(dump + 1, bool)
+    present[flat] = True
+    return present[:dump].reshape(-1, plan.drawn_rows, plan.drawn_cols).sum(axis=0)
+
+
+def pooled_cells(cells_rows: np.ndarray, cells_cols: np.ndarray, plan: GridPlan) -> np.ndarray:
+    """bool `[R, C]`: the drawn blocks holding any of the given (query, key) cells."""
+    (r0, r1), (c0, c1) = plan.rows, plan.cols
+    rows, cols = np.asarray(cells_rows), np.asarray(cells_cols)
+    inside = (rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1)
+    out = np.zeros((plan.drawn_rows, plan.drawn_cols), bool)
+    out[(rows[inside] - r0) // plan.row_factor, (cols[inside] - c0) // plan.col_factor] = True
+    return out
+
+
+def hover_text(values: np.ndarray, value_format: str) -> list[list[str]]:
+    """Per-cell hover text: the formatted value, blank for NaN (Plotly itself would say "NaN")."""
+    values = np.asarray(values, dtype=np.float64)
+    formatted = np.char.mod(f"%{value_format}", np.nan_to_num(values))
+    return np.where(np.isfinite(values), formatted, "").tolist()
