@@ -164,3 +164,96 @@ def test_default_and_tf_idf_views_show_every_selected_cell(page, app_url, screen
     }""")
     assert max(len(t) for t in layout["ticks"]) <= 16
     assert max(len(y) for y in layout["y"]) > 16
+
+
+def test_box_select_zooms_both_views_to_full_resolution(page, app_url):
+    """Box-selecting part of a pooled overview redraws exactly that query x key range, unpooled,
+    in both views, and the query detail moves into it."""
+    page.set_default_timeout(APP_TIMEOUT_MS)
+    page.goto(f"{app_url}/?kind=random&random.num_queries=512&random.num_keys=4096"
+              f"&{params.TOP_K}=16")
+    wait_for_views(page)
+    before = page.evaluate("""() => {
+        const gd = document.querySelector('.st-key-selection_view .js-plotly-plot');
+        return {x: gd._fullData[0].x, y: gd._fullData[0].y, dragmode: gd._fullLayout.dragmode};
+    }""")
+    assert before["dragmode"] == "select"  # a pooled overview: a drag box-selects
+    col_factor = 13  # 4,096 keys in 640 px: blocks of 13 keys, 2 px each
+    assert before["x"][0] == f"k0…k{col_factor - 1}"  # pooled: 13 keys a block
+    # Drag from the middle of drawn column 10 / row 20 to the middle of column 30 / row 59
+    # (wide enough: Plotly reads a box under a few pixels across as a whole-axis band).
+    page.locator(".st-key-selection_view .js-plotly-plot").scroll_into_view_if_needed()
+    corners = page.evaluate("""() => {
+        const gd = document.querySelector('.st-key-selection_view .js-plotly-plot');
+        const box = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        return [box.left + xa._offset + xa.l2p(10), box.top + ya._offset + ya.l2p(20),
+                box.left + xa._offset + xa.l2p(30), box.top + ya._offset + ya.l2p(59)];
+    }""")
+    x0, y0, x1, y1 = corners
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
+    page.mouse.move(x1, y1, steps=5)
+    page.mouse.up()
+    keys = [f"k{j}" for j in range(10 * col_factor, 31 * col_factor)]  # blocks 10..30, whole
+    queries = [f"q{m}" for m in range(20, 60)]
+    page.wait_for_function(
+        f"""() => {{
+            const gd = document.querySelector('.st-key-head_heatmaps .js-plotly-plot');
+            return gd && gd._fullData && gd._fullData[0].x.length === {len(keys)};
+        }}""", timeout=APP_TIMEOUT_MS)
+    wait_for_views(page)
+    after = page.evaluate("""() => {
+        const get = key => document.querySelector(`.st-key-${key} .js-plotly-plot`);
+        const sel = get('selection_view'), heads = get('head_heatmaps');
+        return {sel: {x: sel._fullData[0].x, y: sel._fullData[0].y, z: sel._fullData[0].z,
+                      title: sel.layout.title.text},
+                heads: heads._fullData.filter(t => t.type === 'heatmap').map(
+                    t => ({x: t.x, y: t.y, z: t.z})),
+                headsTitle: heads.layout.title.text,
+                ranked: get('detail_ranked').layout.title.text};
+    }""")
+    assert after["sel"]["x"] == keys and after["sel"]["y"] == queries  # exactly that range
+    assert "queries 20–59, keys 130–402" in after["sel"]["title"]
+    assert "blocks of" not in after["sel"]["title"]  # full resolution, in both views
+    assert "blocks of" not in after["headsTitle"]
+    for facet in after["heads"]:
+        assert facet["x"] == keys and facet["y"] == queries
+    # Full-resolution cells: a cell's head count is the number of heads that drew it.
+    counts = np.array([[np.nan if v is None else v for v in row] for row in after["sel"]["z"]])
+    drawn = np.array([[[v is not None and v == v for v in row] for row in facet["z"]]
+                      for facet in after["heads"]])
+    np.testing.assert_array_equal(np.nan_to_num(counts), drawn.sum(0))
+    assert drawn.sum() > 0
+    assert "q20" in after["ranked"]  # the detail followed the zoom to its first query
+
+
+def test_slow_phases_show_a_status_and_out_of_range_values_are_corrected(page, app_url):
+    """At 4,096 x 4,096 the layer call takes seconds: its status box says so (and how long it
+    took). Typing a generator size above its maximum shows the maximum, with a warning."""
+    page.set_default_timeout(APP_TIMEOUT_MS)
+    page.goto(f"{app_url}/?kind=random&random.num_queries=4096&random.num_keys=4096"
+              f"&{params.TOP_K}=33")  # a k no other test ran: the layer really runs
+    statuses = []
+    page.expose_function("recordStatus", lambda text: statuses.append(text))
+    page.evaluate("""() => new MutationObserver(() => {
+        document.querySelectorAll('[data-testid="stExpander"] summary').forEach(
+            s => window.recordStatus(s.innerText));
+    }).observe(document.body, {subtree: true, childList: true, characterData: true})""")
+    wait_for_views(page)
+    page.wait_for_timeout(500)
+    shown = " | ".join(statuses) + page.locator("[data-testid='stMain']").inner_text()
+    assert "Running dot top-33 attention" in shown
+    assert re.search(r"Running dot top-33 attention done in \d+\.\d s", shown)
+
+    page.goto(app_url)
+    wait_for_views(page)
+    page.get_by_text("Generator parameters").click()
+    box = page.get_by_role("spinbutton", name="Num queries")
+    box.fill("5000")
+    box.press("Enter")
+    page.wait_for_function(
+        "() => document.body.innerText.includes('5,000 is above the largest allowed value')",
+        timeout=APP_TIMEOUT_MS)
+    wait_for_views(page)
+    assert box.input_value() == str(params.MAX_GENERATOR_PARAM)

@@ -16,6 +16,7 @@ from sdattn import selectors as selectors_lib
 from sdattn.walkthrough import BREAK_IT_PRESETS, Walkthrough
 from ui import params, url_state
 from ui.runner import InputSpec, ModelSettings, generated_example
+from ui.bounded_input import bounded_number_input
 from ui.widgets import default, show_figure
 
 # The tiny example: small enough that every number fits on one screen, big enough that top-k
@@ -104,7 +105,7 @@ def model_controls() -> tuple[int, ModelSettings]:
         "Data seed", min_value=0, max_value=url_state.MAX_SEED, step=1,
         key=params.LEARN_DATA_SEED, help="Same seed, same tiny example.")
     default(params.LEARN_TOP_K, DEFAULT_TOP_K)
-    top_k = st.number_input(
+    top_k = bounded_number_input(
         "k: keys per query", min_value=1, max_value=MAX_TOP_K, step=1, key=params.LEARN_TOP_K,
         help="How many of the 12 keys each query keeps; above 12, every key is kept.")
     names = sdattn.available_selectors()

@@ -140,9 +140,10 @@ def zoom_controls(num_queries: int, num_keys: int, *, pooled: bool, identity=Non
     zoomed = queries != (0, num_queries - 1) or keys != (0, num_keys - 1)
     with st.expander("Zoom: query and key range" + (" (zoomed)" if zoomed else ""),
                      expanded=zoomed or pooled, icon=":material/zoom_in:"):
-        st.caption("Box-select a region of the selection view (drag with the select tool), or "
-                   "set the ranges: both views redraw that region, at full resolution once a "
-                   "cell gets a pixel.")
+        st.caption("Box-select a region of the selection view (drag on a pooled view; on a "
+                   "full-resolution one pick **Box Select** in its toolbar first), or set the "
+                   "ranges: both views redraw that region, at full resolution once a cell gets "
+                   "a pixel.")
         query_column, key_column, reset_column = st.columns([5, 5, 2],
                                                             vertical_alignment="bottom")
         if num_queries > 1:
@@ -209,7 +210,13 @@ def _selection_figure(spec: InputSpec, item: int, settings: ModelSettings,
     fig = figures.selection_figure(
         _result.indices, num_keys=_example.num_keys, query_labels=_example.query_labels,
         key_labels=_example.key_labels, ground_truth=truth, plan=plan)
-    fig.update_layout(dragmode="select", selectdirection="any")  # a drag zooms in (a box)
+    clickable = any(trace.name.startswith("selected") for trace in fig.data)
+    if plan.pooled or not clickable:
+        # A drag box-selects, which zooms both views to full resolution; Plotly's own zoom
+        # would only enlarge the pooled blocks. (In select mode a click clears the selection
+        # instead of picking its point, so full-resolution views keep zoom and their clicks;
+        # the toolbar's Box Select zooms them.)
+        fig.update_layout(dragmode="select", selectdirection="any")
     return fig
 
 
@@ -237,8 +244,7 @@ def selection_view(example, input_spec: InputSpec, item: int, settings: ModelSet
         fig, key=key, width="stretch", on_select=select_or_zoom(key, grid, x_labels, y_labels),
         selection_mode=("points", "box"),
         config=plotly_config(f"sdattn_selection_{_stem(input_spec)}", _image_format()))
-    if not any(trace.type == "scatter" and trace.name.startswith("selected")
-               for trace in fig.data):
+    if not any(trace.name.startswith("selected") for trace in fig.data):
         st.caption(f"{grid.drawn_cells:,} blocks are too many to click one by one: box-select "
                    "a region to zoom in, then click a cell to inspect its query.")
 
