@@ -213,7 +213,8 @@ def restore() -> None:
         for key, value in values.items():
             _seed(key, value)
         if problems:
-            st.toast("Ignored URL settings: " + "; ".join(problems), icon=":material/link_off:")
+            # A warning on the page, not a toast: a toast vanishes while the page still loads.
+            st.warning("Ignored URL settings: " + "; ".join(problems), icon=":material/link_off:")
     elif record["page"] != page:
         for key, value in record["values"].items():
             _seed(key, value)

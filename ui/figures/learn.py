@@ -128,17 +128,27 @@ def matrix_panels_figure(
             type="heatmap", z=shown, coloraxis="coloraxis",
             text=_cell_text(shown, value_format), texttemplate="%{text}",
             textfont=dict(size=11),
-            hovertemplate=f"{panel.title}<br>%{{y}}, %{{x}}: %{{z:.4f}}<extra></extra>",
+            # The printed text, not %{z}: a blank cell hovers blank, never "NaN".
+            hovertemplate=f"{panel.title}<br>%{{y}}, %{{x}}: %{{text}}<extra></extra>",
             name=panel.title, **on_axes,
         ))
         # Tick labels once per run of equal labels: the row below or the facet to the left
         # already names them (Q/K/V of one head, the heads of the scores).
+        # Explicit ranges: a panel whose every cell is blank (all keys masked) keeps its rows
+        # and columns instead of collapsing to one row.
+        y_axis = _category_axis(y_labels, "", reversed_=True)
+        y_axis.pop("autorange")
         axes[f"xaxis{suffix}"].update(
-            _category_axis(x_labels, ""), tickangle=-30,
+            _category_axis(x_labels, ""), tickangle=-30, range=[-0.5, len(x_labels) - 0.5],
             showticklabels=not same_labels(index, index + cols, "col_labels"))
         axes[f"yaxis{suffix}"].update(
-            _category_axis(y_labels, "", reversed_=True),
+            y_axis, range=[len(y_labels) - 0.5, -0.5],
             showticklabels=index % cols == 0 or not same_labels(index, index - 1, "row_labels"))
+        if not np.isfinite(values).any():  # say why the panel is empty
+            annotations.append(dict(
+                text="every key is masked:<br>nothing to show", xref=f"x{suffix} domain",
+                yref=f"y{suffix} domain", x=0.5, y=0.5, showarrow=False,
+                font=dict(size=13, color="#6b6f7b")))
         if panel.focus_row is not None:
             shapes.append(dict(
                 type="rect", xref=f"x{suffix} domain", yref=f"y{suffix}",
