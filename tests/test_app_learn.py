@@ -296,3 +296,14 @@ def test_downloaded_bundle_uploaded_again_restores_identical_figures(monkeypatch
     second.slider(key=params.TOP_K).set_value(3).run()
     second.run()
     assert second.slider(key=params.TOP_K).value == 3
+
+
+def test_step_one_counts_the_non_zeros_of_all_rows_and_per_row():
+    at = run(LEARN)
+    example = tiny_reference()["example"]
+    per_row = np.bincount(example.query_indices[:, 1], minlength=4)
+    text = " ".join(m.value for m in at.markdown)
+    assert f"the 4 rows hold {example.nnz} non-zeros among their {4 * 8} entries" in text
+    expected = (str(per_row.min()) if per_row.min() == per_row.max()
+                else f"from {per_row.min()} to {per_row.max()}")
+    assert f"{expected} per row" in text

@@ -225,8 +225,10 @@ def test_query_picker_shows_ranked_reference_scores_and_selected_keys(app):
         picked = next(t for t in bars if t["name"] == "selected")
         assert sorted(int(r) for r in picked["x"]) == list(range(1, params.DEFAULT_TOP_K + 1))
     tables = [d.value for d in app.dataframe]  # display tables expose no key: find by columns
-    keys_table = next(t for t in tables if "#1" in t.columns)
-    assert list(keys_table.index) == [f"head {h}" for h in range(params.DEFAULT_HEADS)]
+    # Slots down, heads across: all k slots are rows, none hidden past the table's right edge.
+    keys_table = next(t for t in tables if "head 0" in t.columns)
+    assert list(keys_table.columns) == [f"head {h}" for h in range(params.DEFAULT_HEADS)]
+    assert list(keys_table.index) == [f"#{i + 1}" for i in range(params.DEFAULT_TOP_K)]
     nonzeros = next(t for t in tables if "feature" in t.columns)
     row = example.to_scipy(0)[3]
     assert sorted(nonzeros["feature"]) == sorted(row.indices.tolist())

@@ -14,10 +14,17 @@ from ui.figures.common import _axis_suffix, _category_axis, _facet_grid, _query_
 
 # ----------------------------------------------------------------------------- compare page
 
-# Okabe–Ito: distinguishable with the common colour-vision deficiencies, on both themes.
+# Okabe–Ito: distinguishable with the common colour-vision deficiencies, on both themes. Sky
+# blue comes last: next to the blue it read as the same selector (cosine and ann in a 5-way
+# comparison); with up to seven selectors no two share a hue family.
 SELECTOR_COLORS = (
-    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999",
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#F0E442", "#999999", "#56B4E9",
 )
+# Lines that coincide (two exact selectors in a k-sweep) must both stay visible: each selector
+# also gets a dash pattern and a marker, and earlier ones are drawn wider, underneath.
+SELECTOR_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+SELECTOR_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "cross",
+                    "triangle-down")
 # The diff map: the two selectors' own keys in two strong hues, the keys they share in a
 # neutral grey, so disagreement is what catches the eye.
 DIFF_COLORS = {"a_only": "#0072B2", "b_only": "#E69F00", "both": "#8c8c8c"}
@@ -251,8 +258,11 @@ def k_sweep_figure(
                 x=ks,
                 y=values[position],
                 mode="lines+markers",
-                line=dict(color=selector_color(position), width=2),
-                marker=dict(size=6),
+                line=dict(color=selector_color(position),
+                          width=2 + min(1.2 * (len(selectors) - 1 - position), 5),
+                          dash=SELECTOR_DASHES[position % len(SELECTOR_DASHES)]),
+                marker=dict(size=6 + min(2 * (len(selectors) - 1 - position), 6),
+                            symbol=SELECTOR_SYMBOLS[position % len(SELECTOR_SYMBOLS)]),
                 xaxis=f"x{suffix}",
                 yaxis=f"y{suffix}",
                 name=selector,

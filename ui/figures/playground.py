@@ -355,6 +355,11 @@ def _heatmap_grid_figure(pooled, plan, query_labels, key_labels, head_names, tit
     return go.Figure(dict(data=traces, layout=layout))
 
 
+# Top margin of the ranked scores: a title row (about 30 px) above a legend row (about 30 px)
+# above the first facet's own title.
+RANKED_TOP_PX = 100
+
+
 def ranked_scores_figure(
     logits: np.ndarray,
     selected: np.ndarray,
@@ -441,15 +446,21 @@ def ranked_scores_figure(
         axes[f"yaxis{suffix}"].update(title=dict(text="score"))
     subject = f"query {query_label}" if query_label is not None else "query"
     scope = "all keys" if order.size == num_ranked else f"keys (best {order.size} of {num_ranked})"
+    height = RANKED_TOP_PX + 150 * num_heads + 50
     layout = dict(
-        title=dict(text=f"Ranked scores of {subject} over {scope}"),
+        # The title pinned to the top of the figure, the legend in its own row under it and
+        # above the first facet's title, both placed in pixels from the top (a paper-relative
+        # legend offset grew with the heads and ran into the title).
+        title=dict(text=f"Ranked scores of {subject} over {scope}", yref="container", y=1.0,
+                   yanchor="top", pad=dict(t=10)),
         shapes=shapes,
         annotations=annotations,
         barmode="overlay",
         bargap=0.1,
-        height=110 + 150 * num_heads,
-        margin=dict(l=10, r=10, t=70, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0),
+        height=height,
+        margin=dict(l=10, r=10, t=RANKED_TOP_PX, b=10),
+        legend=dict(orientation="h", yref="container", y=1.0 - 36 / height, yanchor="top",
+                    xanchor="right", x=1.0),
         **axes,
     )
     return go.Figure(dict(data=traces, layout=layout))
