@@ -79,7 +79,7 @@ def scaling_figure(
             # Earlier methods drawn wider, underneath: two methods with the same numbers
             # (random and window) both stay visible.
             line=dict(color=color, width=2 if is_reference else 2 + 3 * (
-                (num_methods - 1 - position) / max(num_methods - 1, 1)),
+                (num_methods - position) / max(num_methods - 1, 1)),  # position: 1..n here
                       dash="dash" if is_reference else "dot" if second_round else "solid"),
             marker=dict(size=7, symbol="square" if is_reference else "diamond" if second_round else "circle"),
             name=method,
