@@ -3,6 +3,9 @@ map, histograms, worst queries, k-sweep and head agreement (figures: ui.figures)
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -224,6 +227,30 @@ def pair_detail(example, run_a: comparison.SelectorRun, run_b: comparison.Select
     st.markdown(f"**Selected keys of the same query by {run_b.label}, per head** (weight)")
     st.dataframe(detail.selected_keys_frame(runner.run_result(run_b), query, key_labels),
                  key=f"{key}_keys_b", width="stretch")
+
+
+@contextlib.contextmanager
+def sweep_progress(num_selectors: int, num_ks: int, delay_s: float = 0.5):
+    """A progress bar with counts for the k-sweep, shown once it has run for `delay_s`
+    (cached points arrive at once and never show it); yields the `on_point` callback."""
+    placeholder = st.empty()
+    started = time.perf_counter()
+    shown = {"bar": None}
+
+    def on_point(done: int, total: int) -> None:
+        if shown["bar"] is None and time.perf_counter() - started < delay_s:
+            return
+        text = (f"k-sweep: {done} of {total} points ({num_selectors} selectors × {num_ks} "
+                "values of k)")
+        if shown["bar"] is None:
+            shown["bar"] = placeholder.progress(done / total, text=text)
+        else:
+            shown["bar"].progress(done / total, text=text)
+
+    yield on_point
+    if shown["bar"] is not None:
+        shown["bar"].progress(1.0, text=f"k-sweep: {num_selectors * num_ks} points in "
+                                        f"{time.perf_counter() - started:.1f} s")
 
 
 def k_sweep(table: pd.DataFrame, selectors: tuple[str, ...], top_k: int, *, key: str) -> None:

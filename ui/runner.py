@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 import sdattn
@@ -220,17 +221,41 @@ def query_logits(spec: InputSpec, item: int, settings: ModelSettings, query: int
 # ----------------------------------------------------------------------------- comparisons
 
 
+def _without_k(settings: ModelSettings) -> ModelSettings:
+    """The settings with k left out: the weights and the exact reference do not depend on it,
+    so their caches (and the k-sweep's) survive a change of k."""
+    return dataclasses.replace(settings, top_k=0)
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
+def _dense_reference(spec: InputSpec, item: int, settings: ModelSettings,
+                     _example: inputs.Example):
+    """Exact dense attention of batch item `item` with the run's weights (k-independent)."""
+    weights = layer_weights(spec, _without_k(settings), _example)
+    return comparison.dense_reference(_example.item(item), list(weights)[:8])
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _selector_run(spec: InputSpec, item: int, settings: ModelSettings, selector: str,
+                  _example: inputs.Example) -> comparison.SelectorRun:
+    """One selector against exact attention, cached per selector: adding a selector to a
+    comparison runs only the new one."""
+    base = _without_k(settings)
+    return comparison.run_selector(
+        _example.item(item), selector, settings.top_k, settings.num_heads, settings.key_dim,
+        seed=settings.seed, weights=list(layer_weights(spec, base, _example))[:8],
+        dense=_dense_reference(spec, item, base, _example), label=selector)
+
+
 def compare_runs(spec: InputSpec, item: int, settings: ModelSettings, selectors: tuple[str, ...],
                  _example: inputs.Example) -> list[comparison.SelectorRun]:
     """`sdattn.comparison.run_selectors` on batch item `item`, with the run's `layer_weights`.
 
     Every selector gets the same weights, and seedable ones (`random`, `lsh`) the weight seed,
-    as in the playground; `settings.selector` is not used. `spec` identifies `_example`.
+    as in the playground; `settings.selector` is not used. `spec` identifies `_example`. Each
+    selector's run is cached on its own (`_selector_run`).
     """
-    return comparison.run_selectors(
-        _example.item(item), list(selectors), settings.top_k, settings.num_heads,
-        settings.key_dim, seed=settings.seed, weights=layer_weights(spec, settings, _example))
+    return [_selector_run(spec, item, settings, selector, _example) for selector in selectors]
 
 
 def compare_or_explain(spec: InputSpec, item: int, settings: ModelSettings,
@@ -257,14 +282,38 @@ def sweep_ks(num_keys: int, top_k: int, max_points: int = 9) -> tuple[int, ...]:
     return tuple(sorted({1, *powers, num_keys, min(top_k, num_keys)}))
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _k_sweep_point(spec: InputSpec, item: int, settings: ModelSettings, selector: str, k: int,
+                   _example: inputs.Example) -> dict:
+    """One (selector, k) row of the k-sweep (settings without k: `_without_k`)."""
+    return comparison.run_selector(
+        _example.item(item), selector, k, settings.num_heads, settings.key_dim,
+        seed=settings.seed, weights=list(layer_weights(spec, settings, _example))[:8],
+        dense=_dense_reference(spec, item, settings, _example), repeats=0,
+        label=selector).summary()
+
+
 def compare_k_sweep(spec: InputSpec, item: int, settings: ModelSettings,
                     selectors: tuple[str, ...], ks: tuple[int, ...],
-                    _example: inputs.Example):
-    """`sdattn.comparison.k_sweep_table` on batch item `item` with the run's weights."""
-    return comparison.k_sweep_table(
-        _example.item(item), list(selectors), list(ks), settings.num_heads, settings.key_dim,
-        seed=settings.seed, weights=layer_weights(spec, settings, _example))
+                    _example: inputs.Example, on_point=None):
+    """`sdattn.comparison.k_sweep_table` on batch item `item` with the run's weights.
+
+    Cached per (selector, k) point and independent of the page's k, so changing k or adding a
+    selector computes only the points not seen before.
+
+    Args:
+        on_point: optional `on_point(done, total)` after each point (a progress bar).
+    """
+    base = _without_k(settings)
+    rows = []
+    total = len(selectors) * len(ks)
+    for selector in selectors:
+        for k in ks:
+            rows.append(_k_sweep_point(spec, item, base, selector, int(k), _example))
+            if on_point is not None:
+                on_point(len(rows), total)
+    columns = [column for column in comparison.SUMMARY_COLUMNS if column != "time_ms"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def run_result(run: comparison.SelectorRun) -> RunResult:
