@@ -43,7 +43,7 @@ with widgets.run_status(f"Drawing the views ({plan.drawn_cells:,} cells)"):
 
 st.subheader("Query detail")
 st.caption("Select a row, click a point in the selection view, or pick a query below.")
-detail.query_table(single, result, 0, key=QUERY_TABLE)
+detail.query_table(single, result, 0, key=QUERY_TABLE, identity=(input_spec, item, settings))
 query = detail.query_picker(single)
 with widgets.run_status(f"Scoring query {query} against all {single.num_keys:,} keys"):
     logits = runner.query_logits(input_spec, item, settings, query, example)

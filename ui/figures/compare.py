@@ -88,6 +88,7 @@ def selection_diff_figure(
     key_labels: Sequence[str] | None = None,
     row_factor: int = 1,
     col_factor: int = 1,
+    plan: GridPlan | None = None,
 ) -> go.Figure:
     """The A/B diff map: which keys only A picked, only B picked, or both, for every query.
 
@@ -99,6 +100,8 @@ def selection_diff_figure(
         head: the head shown, for the title (None: no head in the title).
         query_labels, key_labels: axis labels, or None.
         row_factor, col_factor: pool blocks for large inputs (see `selection_diff_grid`).
+        plan: a `plan_grid` of the whole input: its pooling, gaps and ticks (overrides the
+            factors).
 
     Returns:
         A `go.Figure`: trace 0 is the code heatmap (`z` from `selection_diff_grid`, no hover),
@@ -108,6 +111,8 @@ def selection_diff_figure(
     """
     indices_a, indices_b = np.asarray(indices_a), np.asarray(indices_b)
     num_queries = indices_a.shape[0]
+    if plan is not None:
+        row_factor, col_factor = plan.row_factor, plan.col_factor
     name_a, name_b = names
     y_labels = axis_labels(query_labels, num_queries, "q")
     x_labels = axis_labels(key_labels, num_keys, "k")
@@ -130,8 +135,8 @@ def selection_diff_figure(
         colorscale=[[0.0, colors[0]], [1 / 3, colors[0]], [1 / 3, colors[1]], [2 / 3, colors[1]],
                     [2 / 3, colors[2]], [1.0, colors[2]]],
         showscale=False,
-        xgap=1,
-        ygap=1,
+        xgap=plan.xgap if plan is not None else 1,
+        ygap=plan.ygap if plan is not None else 1,
         hoverinfo="skip",
         name="diff",
     )]
@@ -158,7 +163,7 @@ def selection_diff_figure(
     title = f"{name_a} vs {name_b}{of_head}: which keys each selector picked"
     if blocked:
         title += f" (blocks of {row_factor} × {col_factor})"
-    return go.Figure(dict(data=traces, layout=_query_key_layout(title, x_labels, y_labels)))
+    return go.Figure(dict(data=traces, layout=_query_key_layout(title, x_labels, y_labels, plan)))
 
 
 def metric_histograms_figure(
