@@ -227,7 +227,9 @@ def _without_k(settings: ModelSettings) -> ModelSettings:
     return dataclasses.replace(settings, top_k=0)
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+# Shared, not copied (st.cache_resource): a run holds the exact reference's H·M·N arrays, and the
+# views only read them.
+@st.cache_resource(max_entries=16, show_spinner=False)
 def _dense_reference(spec: InputSpec, item: int, settings: ModelSettings,
                      _example: inputs.Example):
     """Exact dense attention of batch item `item` with the run's weights (k-independent)."""
@@ -235,7 +237,7 @@ def _dense_reference(spec: InputSpec, item: int, settings: ModelSettings,
     return comparison.dense_reference(_example.item(item), list(weights)[:8])
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_resource(max_entries=64, show_spinner=False)
 def _selector_run(spec: InputSpec, item: int, settings: ModelSettings, selector: str,
                   _example: inputs.Example) -> comparison.SelectorRun:
     """One selector against exact attention, cached per selector: adding a selector to a
