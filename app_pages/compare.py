@@ -62,8 +62,9 @@ comparison_views.histograms(runs, key=HISTOGRAMS)
 
 st.subheader("k-sweep")
 ks = runner.sweep_ks(single.num_keys, settings.top_k)
-with widgets.run_status(f"Rerunning {len(selectors)} selectors at {len(ks)} values of k"):
-    sweep = runner.compare_k_sweep(input_spec, item, settings, selectors, ks, example)
+with comparison_views.sweep_progress(len(selectors), len(ks)) as on_point:
+    sweep = runner.compare_k_sweep(input_spec, item, settings, selectors, ks, example,
+                                   on_point=on_point)
 comparison_views.k_sweep(sweep, selectors, settings.top_k, key=K_SWEEP)
 
 st.subheader("Head agreement")

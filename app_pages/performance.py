@@ -50,11 +50,10 @@ else:
     performance.scaling_figures(records, key="live")
     performance.records_table(records, key="live_table")
     st.caption(
-        "Memory is the rise of this process's peak resident memory while a method ran (peak "
-        "GPU memory on a GPU). TensorFlow keeps freed buffers for reuse, so a method that fits "
-        "in memory an earlier one left behind shows a small rise; a log axis cannot draw 0, so "
-        "those points are left out. Keras MHA runs last at each size and holds the `[B, H, M, N]` "
-        "scores: about B·H·M·N·4 bytes.")
+        "Peak memory is this process's peak resident memory while a method ran (peak GPU "
+        "memory on a GPU), inputs and TensorFlow's reused buffers included, on a linear axis. "
+        "Keras MHA runs last at each size and holds the `[B, H, M, N]` scores: about "
+        "B·H·M·N·4 bytes more than the sparse methods need.")
 
 st.subheader("Measured benchmark")
 markdown, stored = performance.stored_results()
@@ -67,7 +66,9 @@ if markdown is None and stored is None:
 if stored is not None:
     performance.scaling_figures(stored["records"], key="stored")
 if markdown is not None:
-    st.markdown(markdown)
+    with st.expander("The full results table (benchmarks/results.md)",
+                     icon=":material/table_chart:"):
+        st.markdown(markdown)
 per_row = performance.stored_per_row_markdown()
 if per_row is not None:
     with st.expander("Without computing each distinct query row once"):

@@ -25,8 +25,8 @@ if example is None:
     st.stop()
 
 single = example.item(item)  # B = 1: what the views show
-plan = views.plan_views(single.num_queries, single.num_keys, settings.num_heads)
-views.size_summary(plan, settings)
+full_plan = views.plan_views(single.num_queries, single.num_keys, settings.num_heads)
+views.size_summary(full_plan, settings)
 with widgets.run_status(f"Running {settings.selector} top-{settings.top_k} attention"):
     result, problem = runner.run_or_explain(input_spec, item, settings, example)
 if problem is not None:
@@ -36,16 +36,20 @@ st.caption(f"Input: {literal(input_spec.description, 120)}. {widgets.weights_tex
            f"Layer call: {result.seconds * 1000:.0f} ms.")
 
 st.subheader("Top-k selection")
-views.selection_view(single, input_spec, 0, result, plan, key=SELECTION_CHART,
-                     on_select=detail.select_from_chart(SELECTION_CHART))
-st.subheader("Attention weights per head")
-views.head_heatmaps(single, input_spec, result, plan, key=HEATMAP_CHART)
+rows, cols = views.zoom_controls(single.num_queries, single.num_keys,
+                                 pooled=full_plan.downsampled, identity=(input_spec, item))
+plan = views.plan_views(single.num_queries, single.num_keys, settings.num_heads, rows, cols)
+with widgets.run_status(f"Drawing the views ({plan.drawn_cells:,} cells)"):
+    views.selection_view(single, input_spec, item, settings, result, plan, key=SELECTION_CHART)
+    st.subheader("Attention weights per head")
+    views.head_heatmaps(single, input_spec, item, settings, result, plan, key=HEATMAP_CHART)
 
 st.subheader("Query detail")
 st.caption("Select a row, click a point in the selection view, or pick a query below.")
-detail.query_table(single, result, 0, key=QUERY_TABLE)
+detail.query_table(single, result, 0, key=QUERY_TABLE, identity=(input_spec, item, settings))
 query = detail.query_picker(single)
-logits = runner.query_logits(input_spec, item, settings, query, example)
+with widgets.run_status(f"Scoring query {query} against all {single.num_keys:,} keys"):
+    logits = runner.query_logits(input_spec, item, settings, query, example)
 detail.query_detail(single, result, 0, query, logits, settings.top_k, key="detail")
 
 st.subheader("Downloads")

@@ -47,6 +47,13 @@ def _selected_indices(logits, allowed, top_k):
     return reference.exact_top_k(logits[None], top_k, allowed[None])[0]
 
 
+def _per_row_counts(rows: np.ndarray, num_queries: int) -> str:
+    """How many non-zeros the rows hold: "3" when all alike, else "from 1 to 4"."""
+    counts = np.bincount(rows, minlength=num_queries)
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"from {low} to {high}"
+
+
 def build_walkthrough(query, value, weights, top_k, value_mask=None, query_mask=None,
                       indices=None, query_labels=None, key_labels=None):
     """Computes every step of top-k attention for one batch item.
@@ -80,9 +87,10 @@ def build_walkthrough(query, value, weights, top_k, value_mask=None, query_mask=
     rows, cols = np.nonzero(query)
     steps = [Step(
         "query", "1 · The sparse query rows",
-        f"Each query is a sparse row: only {len(rows)} of its {query.size} entries are non-zero "
-        f"({100 * len(rows) / max(query.size, 1):.0f}%). The layer keeps it as a tf.SparseTensor and "
-        "never builds the dense matrix shown here.",
+        f"Each query is a sparse row: the {num_queries} rows hold {len(rows)} non-zeros among their "
+        f"{query.size} entries ({100 * len(rows) / max(query.size, 1):.0f}%; "
+        f"{_per_row_counts(rows, num_queries)} per row). The layer keeps them as a tf.SparseTensor "
+        "and never builds the dense matrix shown here.",
         r"X \in \mathbb{R}^{M \times D_q},\quad \text{nnz}(X) \ll M \cdot D_q",
         {"query": query, "nonzero_rows": rows, "nonzero_cols": cols, "nonzero_values": query[rows, cols]})]
 

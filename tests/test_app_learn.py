@@ -57,7 +57,7 @@ def test_every_step_shows_the_reference_numbers_of_the_tiny_example():
     assert not at.exception
     assert [c.key for c in at.get("plotly_chart")] == [
         f"learn_figure_{step}" for step in params.LEARN_STEPS]
-    assert len(at.latex) == 7 and len(at.dataframe) == 7
+    assert len(at.latex) == 7 and len(at.table) == 7
     ref = tiny_reference()
     np.testing.assert_allclose(  # 1. the sparse rows, blank where zero
         np.nan_to_num(value_traces(chart(at, "learn_figure_query"))[0]),
@@ -76,7 +76,7 @@ def test_every_step_shows_the_reference_numbers_of_the_tiny_example():
     np.testing.assert_allclose(  # 7. the output
         value_traces(chart(at, "learn_figure_output"))[0], ref["output"], atol=1e-5)
     # The numbers tables list the focus query (q0): its scores per head, its output.
-    tables = [d.value for d in at.dataframe]
+    tables = [d.value for d in at.table]
     scores_table = next(t for t in tables if list(t.columns) == ["head 0", "head 1"])
     np.testing.assert_allclose(scores_table.to_numpy().T, ref["logits"][:, 0], atol=1e-5)
     output_table = next(t for t in tables if "walkthrough (NumPy)" in t.columns)
@@ -233,8 +233,10 @@ def test_bad_url_values_fall_back_to_defaults_with_a_notice():
     assert at.selectbox(key=params.SELECTOR).value == params.DEFAULT_SELECTOR
     assert at.number_input(key=params.SEED).value == params.DEFAULT_SEED
     assert at.selectbox(key=params.QUERY).value == 0
-    # A warning in the page (not a toast), its values escaped: read it without the backslashes.
-    notice = re.sub(r"\\(.)", r"\1", at.warning[0].value)
+    # A warning on the page (not a toast that vanishes while the page loads), its values
+    # escaped: read it without the backslashes.
+    notice = next(w.value for w in at.warning if "Ignored URL settings" in w.value)
+    notice = re.sub(r"\\(.)", r"\1", notice)
     for name in ("k=abc", "heads=3", "kind=nope", "seed=99999999999", "num_queries=many"):
         assert name in notice
     assert at.query_params[params.TOP_K] == str(params.DEFAULT_TOP_K)  # corrected in the URL
@@ -297,3 +299,14 @@ def test_downloaded_bundle_uploaded_again_restores_identical_figures(monkeypatch
     second.slider(key=params.TOP_K).set_value(3).run()
     second.run()
     assert second.slider(key=params.TOP_K).value == 3
+
+
+def test_step_one_counts_the_non_zeros_of_all_rows_and_per_row():
+    at = run(LEARN)
+    example = tiny_reference()["example"]
+    per_row = np.bincount(example.query_indices[:, 1], minlength=4)
+    text = " ".join(m.value for m in at.markdown)
+    assert f"the 4 rows hold {example.nnz} non-zeros among their {4 * 8} entries" in text
+    expected = (str(per_row.min()) if per_row.min() == per_row.max()
+                else f"from {per_row.min()} to {per_row.max()}")
+    assert f"{expected} per row" in text

@@ -72,9 +72,22 @@ def test_live_sweep_draws_time_and_memory_against_n(empty_benchmarks):
     np.testing.assert_allclose(np.asarray(lines["sdattn cosine"]["x"], float), cosine["N"])
     np.testing.assert_allclose(np.asarray(lines["sdattn cosine"]["y"], float),
                                cosine["time (ms)"])
-    memory_spec = chart(at, "live_memory")
-    assert memory_spec["layout"]["yaxis"]["type"] == "log"
-    assert "MB" in memory_spec["layout"]["yaxis"]["title"]["text"]
+    memory_spec = chart(at, "live_memory")  # absolute peak RSS, on a linear axis from 0
+    assert memory_spec["layout"]["yaxis"]["type"] == "linear"
+    assert memory_spec["layout"]["yaxis"]["title"]["text"] == "peak RSS (MB)"
+    for name, line in {t["name"]: t for t in memory_spec["data"]}.items():
+        rows = table[table["method"] == name].sort_values("N")
+        np.testing.assert_allclose(np.asarray(line["y"], float), rows["peak memory (MB)"])
+        assert (rows["peak memory (MB)"] > 50).all()  # a process holds far more than 0.02 MB
+    # The main chart: the ratio to Keras MHA per selector, with MHA itself as the 1× line.
+    ratio_spec = chart(at, "live_ratio")
+    ratio_lines = {t["name"]: t for t in ratio_spec["data"]}
+    assert list(ratio_lines) == ["sdattn cosine"]
+    np.testing.assert_allclose(np.asarray(ratio_lines["sdattn cosine"]["y"], float),
+                               cosine["× faster than MHA"])
+    assert ratio_spec["layout"]["shapes"][0]["y0"] == 1.0
+    # The full table is folded away behind an expander.
+    assert any(e.label.startswith("All measurements (4 rows)") for e in at.expander)
 
     at.number_input(key=params.PERF_REPEATS).set_value(2).run()  # kept, marked as stale
     assert chart(at, "live_time") and any("previous settings" in c.value for c in at.caption)
@@ -93,8 +106,9 @@ def test_stored_results_are_shown_from_benchmarks(empty_benchmarks):
     at = open_page()
     assert any("sdattn `cosine`" in m.value for m in at.markdown)
     assert not any("make bench" in i.value for i in at.info)
-    per_row = at.expander[0]
-    assert "distinct query row" in per_row.label
+    per_row = next(e for e in at.expander if "distinct query row" in e.label)
+    full = next(e for e in at.expander if "results.md" in e.label)
+    assert any("sdattn `cosine`" in m.value for m in full.markdown)
     assert any("sdattn `dot`" in m.value for m in per_row.markdown)
     lines = {t["name"]: t for t in chart(at, "stored_time")["data"]}
     assert set(lines) == {"sdattn cosine", "keras MHA"}  # the failed run is left out
@@ -111,8 +125,8 @@ def test_unreadable_json_is_ignored(tmp_path):
 
 def test_memory_prefers_gpu_peak_and_frame_keeps_failures():
     record = fake_record(1_024, "dot", 3.0, peak=850.0, baseline=800.0)
-    assert performance.memory_mb(record) == 50.0
-    assert performance.memory_mb({**record, "peak_gpu_mb": 12.5}) == 12.5
+    assert performance.peak_memory_mb(record) == 850.0  # absolute, not the rise above 800
+    assert performance.peak_memory_mb({**record, "peak_gpu_mb": 12.5}) == 12.5
     frame = performance.records_frame([record, fake_record(1_024, "mha", None, status="failed")])
     assert frame["method"].tolist() == ["sdattn dot", "keras MHA"]
     assert math.isnan(frame["time (ms)"].iloc[1]) and frame["note"].iloc[1] == "failed"

@@ -162,3 +162,35 @@ def test_every_figure_exports_png_or_svg_from_its_camera_button(page, learn_url,
     assert len(formats) == 3
     assert {(o["format"], o["scale"]) for o in formats} == {("svg", 1)}
     assert {o["filename"].split("_")[1] for o in formats} == {"selection", "heads", "query"}
+
+
+def test_learn_page_defects_of_issue_14_stay_fixed(page, learn_url, screenshot_path):
+    """Step 1 shows all of X (no column behind a scroll bar) with blanks, not "None"; the step
+    arrows have spoken names; a bad URL's notice stays on the page; the all-masked preset's
+    step 4 keeps all its rows."""
+    page.goto(f"{learn_url}?k=abc&step=query")
+    wait_for_chart(page, "learn_figure_query")
+    main = page.locator("[data-testid='stMain']")
+    page.wait_for_timeout(1500)  # long after a toast would have gone
+    assert "Ignored URL settings" in main.inner_text() and "k=abc" in main.inner_text()
+    table = main.locator("[data-testid='stTable']").first
+    text = table.inner_text()
+    assert "None" not in text and "nan" not in text.lower()
+    table_box = table.bounding_box()
+    for column in range(8):  # every column header inside the table's visible box
+        header = table.get_by_role("columnheader", name=f"d{column}", exact=True)
+        box = header.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= table_box["x"] + table_box["width"] + 1
+    scroller = table.evaluate("t => { const s = t.querySelector('div') || t; "
+                              "return s.scrollWidth <= s.clientWidth + 1; }")
+    assert scroller, "step 1's table scrolls sideways"
+    assert page.get_by_role("button", name="Next", exact=True).count() == 1
+    assert page.get_by_role("button", name="Back", exact=True).count() == 1
+    assert page.get_by_role("button", name="arrow_forward icon").count() == 0
+
+    page.goto(f"{learn_url}?preset=all_masked&step=top_k")
+    chart = wait_for_chart(page, "learn_figure_top_k")
+    ranges = page.evaluate(figure_js("learn_figure_top_k",
+                                     "[gd._fullLayout.yaxis.range, gd._fullLayout.xaxis.range]"))
+    assert ranges[0] == [3.5, -0.5] and ranges[1] == [-0.5, 11.5]  # 4 queries, 12 keys
+    chart.screenshot(path=str(screenshot_path("learn_all_masked_top_k.png")))

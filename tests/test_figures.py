@@ -119,8 +119,14 @@ def test_head_heatmaps_use_example_labels_and_show_them_on_hover():
     trace = spec["data"][0]
     assert trace["x"] == ["w0", "w1", "w2", "w0 #3"] + [f"w{i}" for i in range(4, N)]
     assert trace["y"] == [f"doc{i}" for i in range(M)]
-    for part in ("query: %{y}", "key: %{x}", "weight: %{z"):
+    for part in ("query: %{y}", "key: %{x}", "weight: %{text}"):
         assert part in trace["hovertemplate"]
+    # Hover text: the weight on a selected cell, a blank (never "NaN") on an unselected one.
+    selected = np.isfinite(grid[0])
+    assert all(trace["text"][m][n] == "" for m, n in zip(*np.nonzero(~selected)))
+    assert all(float(trace["text"][m][n]) == pytest.approx(grid[0, m, n], abs=1e-4)
+               for m, n in zip(*np.nonzero(selected)))
+    assert "NaN" not in json.dumps(trace["text"])
     assert spec["layout"]["xaxis"]["type"] == "category"
     assert spec["layout"]["yaxis"]["autorange"] == "reversed"  # query 0 on top
     # One row of two facets: both x axes say "key", only the left y axis says "query".
@@ -247,15 +253,17 @@ def test_blocked_views_pool_cells_and_label_blocks():
                                      (1, 2): (slice(4, 8), slice(10, 12))}.items():
         block = grid[0, rows, cols]
         finite = block[np.isfinite(block)]
-        np.testing.assert_equal(trace["z"][row, col], finite.max() if finite.size else np.nan)
+        expected = finite.max() if finite.size else np.nan
+        np.testing.assert_allclose(trace["z"][row, col], expected, rtol=1e-6)
     assert "blocks of 4 × 5" in spec["layout"]["title"]["text"]
 
     truth = np.array([[11]] + [[-1]] * 7)  # query 0 -> key 11: block (0, 2)
     spec = _decoded(figures.selection_figure(
         indices, num_keys=12, ground_truth=truth, row_factor=4, col_factor=5))
-    counts = figures.selection_counts(indices, 12)
     assert spec["data"][0]["z"].shape == (2, 3)
-    assert np.nan_to_num(spec["data"][0]["z"])[1, 1] == counts[4:, 5:10].max()
+    # A block counts the heads that selected any key in it (each head once).
+    heads_in_block = sum(bool(np.isin(indices[h, 4:], range(5, 10)).any()) for h in range(indices.shape[0]))
+    assert np.nan_to_num(spec["data"][0]["z"])[1, 1] == heads_in_block
     points = spec["data"][1]["customdata"]
     assert {row[0] for row in points} <= {0, 4}  # a click picks the block's first query
     gt = spec["data"][2]
@@ -270,3 +278,78 @@ def test_ranked_scores_can_stop_after_the_best_ranks():
         ranks = np.concatenate([spec["data"][2 * head]["x"], spec["data"][2 * head + 1]["x"]])
         assert sorted(ranks.tolist()) == list(range(1, 51))
     assert "best 50 of 300" in spec["layout"]["title"]["text"]
+
+
+# ----------------------------------------------------------------------------- issue 14
+
+
+def test_plan_grid_draws_gapless_below_4_px_and_pools_below_1_px_into_2_px_blocks():
+    big = figures.plan_grid(8, 48)  # 640 px / 48 keys: 13 px a cell
+    assert (big.row_factor, big.col_factor) == (1, 1) and big.xgap == 1 and big.ygap == 1
+    edge = figures.plan_grid(40, 480)  # 1.3 px a key: full resolution, edge to edge
+    assert edge.col_factor == 1 and edge.xgap == 0 and edge.cell_width >= 1
+    pooled = figures.plan_grid(4096, 4096, max_height_px=1040)
+    assert pooled.col_factor > 1 and pooled.row_factor > 1
+    assert pooled.cell_width >= figures.MIN_CELL_PX and pooled.cell_height >= figures.MIN_CELL_PX
+    assert pooled.drawn_cols * pooled.col_factor >= 4096 > (pooled.drawn_cols - 1) * pooled.col_factor
+    zoom = figures.plan_grid(4096, 4096, rows=(100, 140), cols=(1000, 1200))
+    assert (zoom.rows, zoom.cols, zoom.row_factor, zoom.col_factor) == (
+        (100, 140), (1000, 1200), 1, 1)
+    assert "queries 100–139, keys 1000–1199" in zoom.describe()
+
+
+def test_pooled_slot_max_and_head_counts_match_a_dense_reference():
+    scores, indices = _random_selection(heads=3, queries=20, keys=50, k=5, invalid=[(0, 2, 1)])
+    plan = figures.plan_grid(20, 50, width_px=20, height_px=10, rows=(3, 17), cols=(5, 40))
+    assert plan.row_factor > 1 and plan.col_factor > 1
+    dense = figures.scatter_to_grid(scores, indices, 50)[:, 3:17, 5:40]
+    reference = figures.aggregate_grid(dense, plan.row_factor, plan.col_factor)
+    np.testing.assert_allclose(figures.pooled_slot_max(scores, indices, plan), reference,
+                               rtol=1e-6)
+    heads = np.isfinite(reference).sum(0)  # heads holding some selected key in the block
+    np.testing.assert_array_equal(figures.pooled_head_counts(indices, plan), heads)
+
+
+def test_hover_never_says_nan_and_every_key_is_labelled_when_labels_fit():
+    _, indices = _random_selection(heads=2, queries=8, keys=48, k=4)
+    keys = [f"word{i}" for i in range(48)]
+    spec = _decoded(figures.selection_figure(
+        indices, num_keys=48, key_labels=keys, plan=figures.plan_grid(8, 48)))
+    heatmap = spec["data"][0]
+    assert "%{z}" not in heatmap["hovertemplate"] and "%{text}" in heatmap["hovertemplate"]
+    empty = ~np.isfinite(heatmap["z"])
+    assert all(heatmap["text"][m][n] == "" for m, n in zip(*np.nonzero(empty)))
+    assert "NaN" not in json.dumps(heatmap["text"])
+    assert spec["layout"]["xaxis"]["tickvals"] == keys  # 13 px a key: every word labelled
+    # Long labels are cut on the axis, whole in the data that hover shows.
+    long = [f"a rather long query label number {m}" for m in range(8)]
+    spec = _decoded(figures.selection_figure(indices, num_keys=48, query_labels=long,
+                                             plan=figures.plan_grid(8, 48)))
+    assert spec["data"][0]["y"] == long
+    assert all(len(t) <= figures.MAX_LABEL_CHARS for t in spec["layout"]["yaxis"]["ticktext"])
+
+
+def test_ground_truth_never_covers_a_selected_cell():
+    _, indices = _random_selection(heads=1, queries=40, keys=480, k=4)
+    truth = np.stack([indices[0, :, 0], (indices[0, :, 0] + 1) % 480], 1)  # a hit and a miss
+    truth[truth[:, 1] == indices[0, :, 1], 1] = -1
+    spec = _decoded(figures.selection_figure(indices, num_keys=480, ground_truth=truth,
+                                             plan=figures.plan_grid(40, 480)))
+    missed = next(t for t in spec["data"] if t["name"].startswith("ground truth missed"))
+    drawn_missed = np.isfinite(np.asarray(missed["z"], float))
+    assert drawn_missed.any()
+    assert not (drawn_missed & np.isfinite(spec["data"][0]["z"])).any()  # disjoint from data
+    assert "ground truth" not in [t["name"] for t in spec["data"]]  # no outline on 1 px cells
+
+
+def test_ranked_scores_title_and_legend_never_overlap_at_eight_heads():
+    logits = np.random.default_rng(1).normal(size=(8, 60))
+    selected = np.argsort(-logits, axis=-1)[:, :4]
+    layout = _decoded(figures.ranked_scores_figure(logits, selected, top_k=4))["layout"]
+    height, top = layout["height"], layout["margin"]["t"]
+    title, legend = layout["title"], layout["legend"]
+    assert title["yref"] == "container" and title["y"] == 1.0 and title["yanchor"] == "top"
+    assert legend["yref"] == "container" and legend["yanchor"] == "top"
+    legend_top_px = (1 - legend["y"]) * height
+    assert 30 <= legend_top_px and legend_top_px + 30 <= top - 20  # below the title, above
+    # the first facet's title, which sits just above the plot

@@ -176,3 +176,27 @@ def test_scaling_figure_keeps_many_methods_apart_and_the_title_above_the_legend(
                          y_title="ms", title="t", reference="keras MHA")
     assert figure.layout.margin.t > few.layout.margin.t
     assert (figure.layout.title.yref, figure.layout.title.y, figure.layout.title.yanchor) == ("container", 1.0, "top")
+
+
+def test_selectors_never_share_a_hue_and_coinciding_k_sweep_lines_stay_visible():
+    # The five-way comparison: cosine first, ann fifth read as the same blue.
+    def hue(color):
+        import colorsys
+        r, g, b = (int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+        return colorsys.rgb_to_hsv(r, g, b)[0] * 360
+
+    hues = [hue(figures.selector_color(p)) for p in range(7)]
+    for i in range(7):
+        for j in range(i + 1, 7):
+            if min(figures.SELECTOR_COLORS[i], figures.SELECTOR_COLORS[j]) == "#999999":
+                continue  # grey has no hue
+            gap = abs(hues[i] - hues[j]) % 360
+            assert min(gap, 360 - gap) > 12, (figures.SELECTOR_COLORS[i], figures.SELECTOR_COLORS[j])
+    same = np.array([0.2, 0.6, 1.0])  # dot and cosine both exact: identical curves
+    spec = figures.k_sweep_figure(
+        ["dot", "cosine"], [1, 2, 4], {"recall_at_k": np.stack([same, same])},
+        metric_titles={"recall_at_k": "recall@k"}).to_plotly_json()
+    first, second = spec["data"][0], spec["data"][1]
+    assert first["line"]["width"] > second["line"]["width"]  # the first peeks out underneath
+    assert first["line"]["dash"] != second["line"]["dash"]
+    assert first["marker"]["symbol"] != second["marker"]["symbol"]

@@ -3,6 +3,9 @@ map, histograms, worst queries, k-sweep and head agreement (figures: ui.figures)
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -13,10 +16,6 @@ from ui import figures
 from ui import detail, params, runner, url_state
 from ui.widgets import default, show_figure
 
-# The diff map is one [M, N] view; past this many cells it is pooled into blocks, like the
-# playground's views (ui.views.MAX_DRAWN_CELLS spreads the same budget over H + 1 views).
-MAX_DIFF_CELLS = 50_000
-MAX_DIFF_ROWS = 64
 # Exact dense attention is the yardstick of every metric: H·M·N float64 logits and weights.
 # Past this many cells the page refuses instead of filling the memory of a shared server.
 MAX_DENSE_CELLS = 2_000_000
@@ -129,11 +128,8 @@ def diff_map(example, run_a: comparison.SelectorRun, run_b: comparison.SelectorR
              *, key: str, on_select) -> None:
     """The A/B diff map of one head; clicking a cell chooses its query (see `ui.detail`)."""
     num_queries, num_keys = example.num_queries, example.num_keys
-    row_factor, col_factor = 1, 1
-    if num_queries * num_keys > MAX_DIFF_CELLS:
-        max_rows = min(num_queries, MAX_DIFF_ROWS)
-        row_factor, col_factor = figures.block_factors(
-            num_queries, num_keys, max_rows, MAX_DIFF_CELLS // max_rows)
+    # Planned from the pixels a cell gets, as the playground's views (no cell lost to a gap).
+    plan = figures.plan_grid(num_queries, num_keys, max_height_px=1040)
     heads_a, heads_b = run_a.indices.shape[1], run_b.indices.shape[1]
     fig = figures.selection_diff_figure(
         run_a.indices[0, min(head, heads_a - 1)],
@@ -143,8 +139,7 @@ def diff_map(example, run_a: comparison.SelectorRun, run_b: comparison.SelectorR
         head=head,
         query_labels=example.query_labels,
         key_labels=example.key_labels,
-        row_factor=row_factor,
-        col_factor=col_factor,
+        plan=plan,
     )
     show_figure(fig, key=key, filename=f"sdattn_diff_{run_a.label}_{run_b.label}_head{head}",
                 on_select=on_select)
@@ -224,6 +219,30 @@ def pair_detail(example, run_a: comparison.SelectorRun, run_b: comparison.Select
     st.markdown(f"**Selected keys of the same query by {run_b.label}, per head** (weight)")
     st.dataframe(detail.selected_keys_frame(runner.run_result(run_b), query, key_labels),
                  key=f"{key}_keys_b", width="stretch")
+
+
+@contextlib.contextmanager
+def sweep_progress(num_selectors: int, num_ks: int, delay_s: float = 0.5):
+    """A progress bar with counts for the k-sweep, shown once it has run for `delay_s`
+    (cached points arrive at once and never show it); yields the `on_point` callback."""
+    placeholder = st.empty()
+    started = time.perf_counter()
+    shown = {"bar": None}
+
+    def on_point(done: int, total: int) -> None:
+        if shown["bar"] is None and time.perf_counter() - started < delay_s:
+            return
+        text = (f"k-sweep: {done} of {total} points ({num_selectors} selectors × {num_ks} "
+                "values of k)")
+        if shown["bar"] is None:
+            shown["bar"] = placeholder.progress(done / total, text=text)
+        else:
+            shown["bar"].progress(done / total, text=text)
+
+    yield on_point
+    if shown["bar"] is not None:
+        shown["bar"].progress(1.0, text=f"k-sweep: {num_selectors * num_ks} points in "
+                                        f"{time.perf_counter() - started:.1f} s")
 
 
 def k_sweep(table: pd.DataFrame, selectors: tuple[str, ...], top_k: int, *, key: str) -> None:

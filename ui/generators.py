@@ -9,6 +9,7 @@ import streamlit as st
 
 from sdattn import inputs
 from ui import params
+from ui.bounded_input import bounded_number_input
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class GeneratorParam:
         if isinstance(self.default, bool):
             return st.checkbox(self.label, key=key)
         if isinstance(self.default, int):
-            return int(st.number_input(
+            return int(bounded_number_input(
                 self.label, min_value=0, max_value=params.MAX_GENERATOR_PARAM, step=1, key=key))
         if isinstance(self.default, float):
             return float(st.number_input(

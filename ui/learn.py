@@ -16,6 +16,7 @@ from sdattn import selectors as selectors_lib
 from sdattn.walkthrough import BREAK_IT_PRESETS, Walkthrough
 from ui import params, url_state
 from ui.runner import InputSpec, ModelSettings, generated_example
+from ui.bounded_input import bounded_number_input
 from ui.widgets import default, show_figure
 
 # The tiny example: small enough that every number fits on one screen, big enough that top-k
@@ -104,7 +105,7 @@ def model_controls() -> tuple[int, ModelSettings]:
         "Data seed", min_value=0, max_value=url_state.MAX_SEED, step=1,
         key=params.LEARN_DATA_SEED, help="Same seed, same tiny example.")
     default(params.LEARN_TOP_K, DEFAULT_TOP_K)
-    top_k = st.number_input(
+    top_k = bounded_number_input(
         "k: keys per query", min_value=1, max_value=MAX_TOP_K, step=1, key=params.LEARN_TOP_K,
         help="How many of the 12 keys each query keeps; above 12, every key is kept.")
     names = sdattn.available_selectors()
@@ -159,17 +160,18 @@ def step_navigation(show_all: bool) -> str:
     """Previous / the seven steps / Next; disabled while all steps are shown."""
     default(params.LEARN_STEP, params.LEARN_STEPS[0])
     index = params.LEARN_STEPS.index(st.session_state[params.LEARN_STEP])
-    previous, steps, following = st.columns([1, 14, 1], vertical_alignment="bottom")
-    previous.button("", icon=":material/arrow_back:", key="learn_previous",
+    previous, steps, following = st.columns([2, 12, 2], vertical_alignment="bottom")
+    # Words, not icons alone: a screen reader would announce "arrow_back icon".
+    previous.button("Back", icon=":material/arrow_back:", key="learn_previous",
                     on_click=_move_step, args=(-1,), disabled=show_all or index == 0,
-                    help="Previous step")
+                    help="Previous step", width="stretch")
     step = steps.segmented_control(
         "Step", params.LEARN_STEPS, format_func=STEP_LABELS.get, key=params.LEARN_STEP,
         required=True, disabled=show_all, width="stretch", label_visibility="collapsed")
-    following.button("", icon=":material/arrow_forward:", key="learn_next",
+    following.button("Next", icon=":material/arrow_forward:", key="learn_next",
                      on_click=_move_step, args=(1,),
                      disabled=show_all or index == len(params.LEARN_STEPS) - 1,
-                     help="Next step")
+                     help="Next step", width="stretch")
     return step
 
 
@@ -278,18 +280,35 @@ def show_step(walkthrough: Walkthrough, step_key: str, query: int,
     st.subheader(step.title, anchor=f"step-{number}")
     st.markdown(step.explanation)
     st.latex(step.formula)
+    label = walkthrough.query_labels[query]
+    caption = "All query rows (blank = 0)" if step_key == "query" else (
+        f"The numbers of query **{label}** (blank = masked or empty)")
+    table = step_table(walkthrough, step_key, query, layer_output)
+    figure = figures.walkthrough_figure(walkthrough, step_key, query)
+    if step_key == "query":  # the whole X: as wide as the page, so every column shows
+        st.caption(caption)
+        numbers_table(table)
+        show_figure(figure, key=f"learn_figure_{step_key}",
+                    filename=f"sdattn_learn_{number}_{step_key}")
+        return
     text, chart = st.columns([2, 3], gap="large")
     with text:
-        label = walkthrough.query_labels[query]
-        caption = "All query rows (blank = 0)" if step_key == "query" else (
-            f"The numbers of query **{label}**")
         st.caption(caption)
-        table = step_table(walkthrough, step_key, query, layer_output)
-        st.dataframe(table, hide_index=step_key in ("top_k", "softmax"), width="stretch",
-                     height=min(38 + 35 * len(table), 460),
-                     column_config={column: st.column_config.NumberColumn(format="%.3f")
-                                    for column in table.columns
-                                    if column not in ("head", "rank", "key")})
+        numbers_table(table)
     with chart:
-        show_figure(figures.walkthrough_figure(walkthrough, step_key, query),
-                    key=f"learn_figure_{step_key}", filename=f"sdattn_learn_{number}_{step_key}")
+        show_figure(figure, key=f"learn_figure_{step_key}",
+                    filename=f"sdattn_learn_{number}_{step_key}")
+
+
+TEXT_COLUMNS = ("head", "rank", "key")
+
+
+def numbers_table(table: pd.DataFrame) -> None:
+    """A step's numbers as a static table: every column on screen (no scroll bar), three
+    decimals, and a blank where the step has no number (a dataframe would print "None")."""
+    numeric = [column for column in table.columns if column not in TEXT_COLUMNS]
+    hide_index = "rank" in table.columns  # the ranked slots carry their own columns
+    styler = table.style.format("{:.3f}", subset=numeric, na_rep="")
+    if hide_index:
+        styler = styler.hide(axis="index")
+    st.table(styler)

@@ -91,3 +91,7 @@ MAX_GENERATOR_PARAM = 4096
 def generator_param_key(kind: str, name: str) -> str:
     """Widget key of one generator parameter, e.g. `bag_of_words.num_queries`."""
     return f"{kind}.{name}"
+
+# --- playground zoom: (first, last) query and key shown by both views (not in the URL)
+VIEW_QUERIES = "view_queries"
+VIEW_KEYS = "view_keys"

@@ -130,15 +130,20 @@ def run_sweep(settings: SweepSettings,
     return bench.add_ratios(records)
 
 
-def memory_mb(record: dict) -> float:
-    """The memory a method needed: peak GPU memory on a GPU, else peak RSS above the process's
-    resident memory when the method started (NaN when not measured)."""
+def peak_memory_mb(record: dict) -> float:
+    """The peak memory while a method ran: peak GPU memory on a GPU, else the process's peak
+    resident memory (absolute, inputs and earlier methods' buffers included; NaN when not
+    measured). Absolute, because the rise above the start can be ~0 when a method reuses
+    memory an earlier one freed (Keras MHA showed 0.02 MB at N = 4,096)."""
     if record.get("peak_gpu_mb") is not None:
         return float(record["peak_gpu_mb"])
-    peak, baseline = record.get("peak_rss_mb"), record.get("baseline_rss_mb")
-    if peak is None or baseline is None:
-        return float("nan")
-    return max(float(peak - baseline), 0.0)  # the peak mark can trail a freed baseline
+    peak = record.get("peak_rss_mb")
+    return float("nan") if peak is None else float(peak)
+
+
+def memory_title(records: list[dict]) -> str:
+    on_gpu = any(r.get("peak_gpu_mb") is not None for r in records)
+    return "peak GPU memory (MB)" if on_gpu else "peak RSS (MB)"
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -151,30 +156,33 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "method": method_label(record["method"]),
             "time (ms)": record.get("median_ms") if measured else np.nan,
             "× faster than MHA": record.get("speedup_vs_mha") if measured else np.nan,
-            "memory (MB)": memory_mb(record) if measured else np.nan,
+            "peak memory (MB)": peak_memory_mb(record) if measured else np.nan,
             "note": "" if measured else str(record.get("note", record.get("status"))),
         })
     return pd.DataFrame(rows)
 
 
 def records_table(records: list[dict], *, key: str) -> None:
-    """The measured records as a table (`records_frame`)."""
-    st.dataframe(
-        records_frame(records), key=key, hide_index=True, width="stretch",
-        column_config={
-            "N": st.column_config.NumberColumn(format="%d"),
-            "time (ms)": st.column_config.NumberColumn(format="%.2f"),
-            "× faster than MHA": st.column_config.NumberColumn(format="%.2f×"),
-            "memory (MB)": st.column_config.NumberColumn(format="%.0f"),
-        })
+    """The measured records as a table (`records_frame`), folded: the charts come first."""
+    frame = records_frame(records)
+    with st.expander(f"All measurements ({len(frame)} rows)", icon=":material/table_rows:"):
+        st.dataframe(
+            frame, key=key, hide_index=True, width="stretch",
+            column_config={
+                "N": st.column_config.NumberColumn(format="%d"),
+                "time (ms)": st.column_config.NumberColumn(format="%.2f"),
+                "× faster than MHA": st.column_config.NumberColumn(format="%.2f×"),
+                "peak memory (MB)": st.column_config.NumberColumn(format="%.0f"),
+            })
 
 
-def scaling_series(records: list[dict], value: Callable[[dict], float]):
-    """`{method label: (N values, values)}` of the measured records, MHA last."""
+def scaling_series(records: list[dict], value: Callable[[dict], float],
+                   include_mha: bool = True):
+    """`{method label: (N values, values)}` of the measured records, MHA last (or left out)."""
     series: dict[str, tuple[list, list]] = {}
     ordered = sorted(records, key=lambda r: (r["method"] == MHA, r["num_keys"]))
     for record in ordered:
-        if record.get("status") != "ok":
+        if record.get("status") != "ok" or (record["method"] == MHA and not include_mha):
             continue
         sizes, values = series.setdefault(method_label(record["method"]), ([], []))
         sizes.append(record["num_keys"])
@@ -182,9 +190,19 @@ def scaling_series(records: list[dict], value: Callable[[dict], float]):
     return series
 
 
+def _speedup(record: dict) -> float:
+    ratio = record.get("speedup_vs_mha")
+    return float("nan") if ratio is None else float(ratio)
+
+
 def scaling_figures(records: list[dict], *, key: str, memory: bool = True) -> None:
-    """Time (and memory) against N on log-log axes, sdattn selectors against Keras MHA."""
+    """The ratio to Keras MHA against N first (the one chart to read), then time and memory."""
     reference = method_label(MHA)
+    fig = figures.scaling_figure(
+        scaling_series(records, _speedup, include_mha=False),
+        y_title="× faster than Keras MHA", title="How much faster than Keras MHA, as N grows",
+        baseline=(1.0, "Keras MHA (1×): above the line is faster"))
+    show_figure(fig, key=f"{key}_ratio", filename="sdattn_speedup_vs_mha")
     columns = st.columns(2 if memory else 1)
     with columns[0]:
         fig = figures.scaling_figure(
@@ -192,12 +210,10 @@ def scaling_figures(records: list[dict], *, key: str, memory: bool = True) -> No
             title="Forward time against N", reference=reference)
         show_figure(fig, key=f"{key}_time", filename="sdattn_scaling_time")
     if memory:
-        on_gpu = any(r.get("peak_gpu_mb") is not None for r in records)
         with columns[1]:
             fig = figures.scaling_figure(
-                scaling_series(records, memory_mb),
-                y_title="peak GPU memory (MB)" if on_gpu else "peak RSS increase (MB)",
-                title="Memory against N", reference=reference)
+                scaling_series(records, peak_memory_mb), y_title=memory_title(records),
+                title="Peak memory against N", reference=reference, log_y=False)
             show_figure(fig, key=f"{key}_memory", filename="sdattn_scaling_memory")
 
 

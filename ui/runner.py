@@ -334,21 +334,47 @@ def query_logits(spec: InputSpec, item: int, settings: ModelSettings, query: int
 # ----------------------------------------------------------------------------- comparisons
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+def _without_k(settings: ModelSettings) -> ModelSettings:
+    """The settings with k left out: the weights and the exact reference do not depend on it,
+    so their caches (and the k-sweep's) survive a change of k."""
+    return dataclasses.replace(settings, top_k=0)
+
+
+# Shared, not copied (st.cache_resource): a run holds the exact reference's H·M·N arrays, and the
+# views only read them.
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _dense_reference(spec: InputSpec, item: int, settings: ModelSettings,
+                     _example: inputs.Example):
+    """Exact dense attention of batch item `item` with the run's weights (k-independent)."""
+    weights = layer_weights(spec, _without_k(settings), _example)
+    return comparison.dense_reference(_example.item(item), list(weights)[:8])
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _selector_run(spec: InputSpec, item: int, settings: ModelSettings, selector: str,
+                  _example: inputs.Example) -> comparison.SelectorRun:
+    """One selector against exact attention, cached per selector: adding a selector to a
+    comparison runs only the new one."""
+    base = _without_k(settings)
+    return comparison.run_selector(
+        _example.item(item), selector, settings.top_k, settings.num_heads, settings.key_dim,
+        seed=settings.seed, weights=list(layer_weights(spec, base, _example))[:8],
+        dense=_dense_reference(spec, item, base, _example), label=selector)
+
+
 def compare_runs(spec: InputSpec, item: int, settings: ModelSettings, selectors: tuple[str, ...],
                  _example: inputs.Example) -> list[comparison.SelectorRun]:
     """`sdattn.comparison.run_selectors` on batch item `item`, with the run's `layer_weights`.
 
     Every selector gets the same weights, and seedable ones (`random`, `lsh`) the weight seed,
-    as in the playground; `settings.selector` is not used. `spec` identifies `_example`. With
-    a trained layer, each selector runs in that layer rebuilt (`get_layer`), so its
-    `value_dim`, `output_shape` and biases are kept.
+    as in the playground; `settings.selector` is not used. `spec` identifies `_example`. Each
+    selector's run is cached on its own (`_selector_run`). With a trained layer, each selector
+    runs in that layer rebuilt (`get_layer`), so its `value_dim`, `output_shape` and biases are
+    kept.
     """
     if settings.layer is not None:
         return _trained_layer_runs(spec, item, settings, selectors, _example, repeats=3)
-    return comparison.run_selectors(
-        _example.item(item), list(selectors), settings.top_k, settings.num_heads,
-        settings.key_dim, seed=settings.seed, weights=layer_weights(spec, settings, _example))
+    return [_selector_run(spec, item, settings, selector, _example) for selector in selectors]
 
 
 def compare_or_explain(spec: InputSpec, item: int, settings: ModelSettings,
@@ -375,21 +401,47 @@ def sweep_ks(num_keys: int, top_k: int, max_points: int = 9) -> tuple[int, ...]:
     return tuple(sorted({1, *powers, num_keys, min(top_k, num_keys)}))
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _k_sweep_point(spec: InputSpec, item: int, settings: ModelSettings, selector: str, k: int,
+                   _example: inputs.Example) -> dict:
+    """One (selector, k) row of the k-sweep (settings without k: `_without_k`)."""
+    return comparison.run_selector(
+        _example.item(item), selector, k, settings.num_heads, settings.key_dim,
+        seed=settings.seed, weights=list(layer_weights(spec, settings, _example))[:8],
+        dense=_dense_reference(spec, item, settings, _example), repeats=0,
+        label=selector).summary()
+
+
 def compare_k_sweep(spec: InputSpec, item: int, settings: ModelSettings,
                     selectors: tuple[str, ...], ks: tuple[int, ...],
-                    _example: inputs.Example):
-    """`sdattn.comparison.k_sweep_table` on batch item `item` with the run's weights."""
+                    _example: inputs.Example, on_point=None):
+    """`sdattn.comparison.k_sweep_table` on batch item `item` with the run's weights.
+
+    Cached per (selector, k) point and independent of the page's k, so changing k or adding a
+    selector computes only the points not seen before (a trained layer's points are computed
+    each time).
+
+    Args:
+        on_point: optional `on_point(done, total)` after each point (a progress bar).
+    """
+    rows = []
+    total = len(selectors) * len(ks)
+    columns = [column for column in comparison.SUMMARY_COLUMNS if column != "time_ms"]
     if settings.layer is not None:
-        rows = [run.summary()
-                for k in ks
-                for run in _trained_layer_runs(spec, item, dataclasses.replace(settings, top_k=k),
-                                               selectors, _example, repeats=0)]
-        columns = [column for column in comparison.SUMMARY_COLUMNS if column != "time_ms"]
+        for k in ks:
+            rows.extend(run.summary() for run in _trained_layer_runs(
+                spec, item, dataclasses.replace(settings, top_k=int(k)), selectors, _example,
+                repeats=0))
+            if on_point is not None:
+                on_point(len(rows), total)
         return pd.DataFrame(rows, columns=columns)
-    return comparison.k_sweep_table(
-        _example.item(item), list(selectors), list(ks), settings.num_heads, settings.key_dim,
-        seed=settings.seed, weights=layer_weights(spec, settings, _example))
+    base = _without_k(settings)
+    for selector in selectors:
+        for k in ks:
+            rows.append(_k_sweep_point(spec, item, base, selector, int(k), _example))
+            if on_point is not None:
+                on_point(len(rows), total)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _trained_layer_runs(spec: InputSpec, item: int, settings: ModelSettings,

@@ -1,0 +1,402 @@
+"""Speed as a person sees it: `python -m ui.browser_timing` starts the app, drives Chromium, and times
+what the browser shows after each action, beside the server-side script time of the same rerun.
+
+Measured, median of `--repeats` (5) per action, at the default sizes and at M = 512, N = 4,096:
+first render (a new browser session until both views are drawn), selector change, k change (to a
+value seen before, and to a new one), query click (a point of the selection view, or the Query
+picker where the overview is too big to click), and Compare's selector add. A sample ends when the
+script run is over and the charts the action changes have been redrawn (two animation frames
+after Plotly's update), so it includes the websocket, the server's rerun, the transfer and
+Plotly's drawing, and a follow-up rerun if one comes within 300 ms (a remounted chart that
+reports its cleared selection); "script runs" counts them. The server column is the summed
+script time of those runs, logged by the app itself (a wrapper around app.py).
+
+It is a benchmark, not a test: on a loaded machine the numbers are noisy (say so when quoting).
+Writes a Markdown table (default `benchmarks/browser_timing.md`) that the README embeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import pathlib
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("SDATTN_CHROMIUM", "/usr/bin/chromium")
+DEFAULT_OUTPUT = ROOT / "benchmarks" / "browser_timing.md"
+TIMEOUT_MS = 240_000
+# Targets of issue 14: every rerun, seen in the browser, on an idle 2-core machine.
+TARGET_MS = {"defaults": 300, "large": 1_500}
+# name: (as the table writes it, URL query of the playground and compare pages)
+SIZES = {
+    "defaults": ("defaults (8 × 48, k = 4)", ""),
+    "large": ("M = 512, N = 4,096, k = 4", "kind=random&random.num_queries=512&random.num_keys=4096"),
+}
+# The app prints one line per script run when this is set (see `_SERVER_TIMING_WRAPPER`).
+_SERVER_LOG = "SDATTN_SCRIPT_MS"
+
+# Run app.py under a wrapper that prints the wall time of every script run: the server figure
+# beside each browser one, measured in the same process the browser talks to.
+_SERVER_TIMING_WRAPPER = '''
+import runpy, sys, time
+started = time.perf_counter()
+try:
+    runpy.run_path({app!r}, run_name="__main__")
+finally:
+    print("{marker}", round((time.perf_counter() - started) * 1000, 1), flush=True)
+'''
+
+# The script run is over and every chart under the given keys holds new data, drawn.
+# Counts finished script runs (the app's state attribute leaving "running"), so a sample never
+# ends before the rerun it caused has even started.
+_WATCH_RUNS_JS = """() => {
+    if (window.__runsWatched) return;
+    const app = document.querySelector('[data-test-script-state]');
+    window.__finishedRuns = 0;
+    new MutationObserver(records => { for (const r of records)
+        if (r.oldValue === 'running') window.__finishedRuns++; }
+    ).observe(app, {attributes: true, attributeOldValue: true,
+                    attributeFilter: ['data-test-script-state']});
+    window.__runsWatched = true;
+}"""
+_DONE_JS = """async ([keys, stamp, runs]) => {
+    const app = document.querySelector('[data-test-script-state]');
+    if (!app || app.getAttribute('data-test-script-state') === 'running') return false;
+    if (runs !== null && (window.__finishedRuns || 0) < runs) return false;
+    for (const key of keys) {  // exactly one chart: a remount briefly holds the old one too
+        const all = document.querySelectorAll(`.st-key-${key} .js-plotly-plot`);
+        if (all.length !== 1) return false;
+        const gd = all[0];
+        if (!gd._fullData || gd.__timingStamp === stamp) return false;
+    }
+    await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+    return true;
+}"""
+_STAMP_JS = """([keys, stamp]) => { for (const key of keys) {
+    const gd = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+    if (gd) gd.__timingStamp = stamp; } }"""
+# Plotly.react keeps the element: a redraw replaces `_fullData`, so the stamp is checked on it.
+_STAMP_DATA_JS = """([keys, stamp]) => { for (const key of keys) {
+    for (const gd of document.querySelectorAll(`.st-key-${key} .js-plotly-plot`))
+        if (gd._fullData) gd._fullData.__timingStamp = stamp; } }"""
+_DONE_DATA_JS = _DONE_JS.replace("gd.__timingStamp === stamp", "gd._fullData.__timingStamp === stamp")
+
+QUIET_MS = 300
+_RUNNING_JS = ("() => document.querySelector('[data-test-script-state]')"
+               ".getAttribute('data-test-script-state') === 'running'")
+PLAYGROUND_CHARTS = ["selection_view", "head_heatmaps", "detail_ranked"]
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_app(log_path: pathlib.Path):
+    """`streamlit run` of app.py (through the timing wrapper) on a free port; yields the URL."""
+    port = _free_port()
+    wrapper = pathlib.Path(tempfile.mkdtemp()) / "timed_app.py"
+    wrapper.write_text(_SERVER_TIMING_WRAPPER.format(app=str(ROOT / "app.py"),
+                                                     marker=_SERVER_LOG))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(wrapper), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.read().strip() == b"ok":
+                        break
+            if process.poll() is not None:
+                raise RuntimeError(log_path.read_text()[-3000:])
+            time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        if process.poll() is None:
+            process.kill()
+        log.close()
+
+
+class ServerLog:
+    """The script times the wrapper printed, read from the server's log."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self.offset = 0
+
+    def mark(self) -> None:
+        self.offset = len(self.path.read_text(errors="ignore"))
+
+    def since_mark(self) -> list[float]:
+        text = self.path.read_text(errors="ignore")[self.offset:]
+        return [float(v) for v in re.findall(rf"{_SERVER_LOG} ([0-9.]+)", text)]
+
+    def wait_for_runs(self, count: int, timeout_s: float = 5.0) -> float:
+        """The summed script time of the `count` runs since the mark, once they are logged."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.since_mark()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return sum(self.since_mark())
+
+
+def _wait_done(page, keys, stamp, data=False, runs=None):
+    """Waits until no script runs, at least `runs` runs finished (None: any), and the charts
+    under `keys` hold data not stamped with `stamp`."""
+    page.wait_for_function(_DONE_DATA_JS if data else _DONE_JS, arg=[keys, stamp, runs],
+                           timeout=TIMEOUT_MS, polling="raf")
+
+
+def _finished_runs(page) -> int:
+    page.evaluate(_WATCH_RUNS_JS)
+    return page.evaluate("() => window.__finishedRuns")
+
+
+def _timed(page, server: ServerLog, keys, action, stamp) -> tuple[float, float]:
+    """Milliseconds from `action()` until the charts under `keys` are redrawn, and the server's
+    script time of the rerun(s) it caused."""
+    page.evaluate(_STAMP_DATA_JS, [keys, stamp])
+    runs = _finished_runs(page)
+    server.mark()
+    started = time.perf_counter()
+    action()
+    _wait_done(page, keys, stamp, data=True, runs=runs + 1)
+    browser_ms = (time.perf_counter() - started) * 1000
+    # A follow-up rerun (a remounted chart reporting its empty selection) belongs to the
+    # action: wait until the page stays quiet for 300 ms, and end the sample at its last draw.
+    while True:
+        seen = _finished_runs(page)
+        page.wait_for_timeout(QUIET_MS)
+        if _finished_runs(page) == seen and not page.evaluate(_RUNNING_JS):
+            break
+        _wait_done(page, keys, "follow-up", runs=seen + 1)
+        browser_ms = (time.perf_counter() - started) * 1000
+    count = _finished_runs(page) - runs
+    return browser_ms, server.wait_for_runs(count), count
+
+
+def _evaluate(page, script: str, arg=None, tries: int = 20):
+    """`page.evaluate`, retried while a rerun briefly removes the chart it reads."""
+    from playwright.sync_api import Error
+
+    for attempt in range(tries):
+        try:
+            return page.evaluate(script, arg)
+        except Error:
+            if attempt == tries - 1:
+                raise
+            page.wait_for_timeout(250)
+            _wait_done(page, PLAYGROUND_CHARTS, "settled")
+
+
+def _choose(page, widget_key: str, option: str) -> None:
+    """Picks an option of a selectbox or multiselect by typing it, as a keyboard user does."""
+    box = page.locator(f".st-key-{widget_key} input").first
+    box.click()
+    box.fill(option)
+    page.keyboard.press("Enter")
+
+
+def measure_size(browser, url: str, size: str, query: str, repeats: int,
+                 server: ServerLog) -> dict[str, tuple[list[float], list[float], list[int]]]:
+    """Samples (browser ms, server ms, script runs) per action at one size."""
+    from ui import params
+
+    samples: dict[str, tuple[list[float], list[float], list[int]]] = {}
+
+    def record(name, browser_ms, server_ms, runs=1):
+        browsers, servers, counts = samples.setdefault(name, ([], [], []))
+        browsers.append(browser_ms)
+        servers.append(server_ms)
+        counts.append(runs)
+
+    address = f"{url}/?{query}" if query else url
+    # Warm-up: the first session imports TensorFlow and fills the caches (not counted).
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(address)
+    _wait_done(page, PLAYGROUND_CHARTS, "none")
+    context.close()
+
+    for repeat in range(repeats):  # first render: a new session each time
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        server.mark()
+        started = time.perf_counter()
+        page.goto(address)
+        _wait_done(page, PLAYGROUND_CHARTS, "none")
+        browser_ms = (time.perf_counter() - started) * 1000
+        record("first render (new session, warm server)", browser_ms, server.wait_for_runs(1))
+        if repeat < repeats - 1:
+            context.close()
+
+    selectors = ["cosine", "dot"]
+    for repeat in range(repeats + 1):  # the first change of each pair fills the cache
+        name = selectors[repeat % 2]
+        result = _timed(page, server, ["selection_view", "head_heatmaps"],
+                        lambda: _choose(page, params.SELECTOR, name), f"sel{repeat}")
+        if repeat:
+            record("selector change (seen before)" if repeat > 1 else "selector change (new)",
+                   *result)
+
+    slider = page.locator(f".st-key-{params.TOP_K} input[type='range']")
+    for repeat in range(repeats):  # alternate k and k + 1: both cached after the first pair
+        key = "ArrowRight" if repeat % 2 == 0 else "ArrowLeft"
+        result = _timed(page, server, ["selection_view", "head_heatmaps"],
+                        lambda: (slider.focus(), page.keyboard.press(key)), f"k{repeat}")
+        record("k change (seen before)" if repeat > 1 else "k change (new)", *result)
+    for repeat in range(repeats):  # a new k each time: the layer runs
+        result = _timed(page, server, ["selection_view", "head_heatmaps"],
+                        lambda: (slider.focus(), page.keyboard.press("ArrowRight")),
+                        f"knew{repeat}")
+        record("k change (new)", *result)
+
+    _wait_done(page, PLAYGROUND_CHARTS, "settled")
+    clickable = _evaluate(page, """() => {
+        const gd = document.querySelector('.st-key-selection_view .js-plotly-plot');
+        return gd._fullData.some(t => t.type === 'scatter' && t.name.startsWith('selected'));
+    }""")
+    num_queries = _evaluate(
+        page, "() => document.querySelector('.st-key-selection_view .js-plotly-plot')"
+        "._fullData[0].y.length")
+    for repeat in range(repeats):
+        if clickable:
+            def click(row=(repeat + 1) % num_queries):
+                _wait_done(page, PLAYGROUND_CHARTS, "settled")
+                point = _evaluate(page, """(row) => {
+                    const gd = document.querySelector('.st-key-selection_view .js-plotly-plot');
+                    const trace = gd._fullData.findIndex(t => t.name.startsWith('selected'));
+                    const t = gd._fullData[trace];
+                    const i = t.customdata.findIndex(c => c[0] === row);
+                    const box = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis,
+                          ya = gd._fullLayout.yaxis;
+                    return [box.left + xa._offset + xa.d2p(t.x[i]),
+                            box.top + ya._offset + ya.d2p(t.y[i])];
+                }""", row)
+                page.mouse.click(*point)
+            name = "query click (selection view)"
+            page.locator(".st-key-selection_view .js-plotly-plot").last.scroll_into_view_if_needed()
+        else:
+            def click(row=(repeat + 1) * 7):
+                _choose(page, params.QUERY, f"{row}: ")
+            name = "query change (picker: the overview is too big to click)"
+        record(name, *_timed(page, server, ["detail_ranked"], click, f"q{repeat}"))
+    context.close()
+
+    # Compare: add a selector (a new one each time; each run is cached per selector).
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(f"{url}/compare?{query}" if query else f"{url}/compare")
+    page.wait_for_function(
+        "() => document.querySelector('[data-test-script-state]')"
+        "?.getAttribute('data-test-script-state') === 'notRunning' && "
+        "(document.querySelector('.st-key-k_sweep .js-plotly-plot')?._fullData || "
+        "document.querySelector('[data-testid=\"stAlertContentWarning\"]'))",
+        timeout=TIMEOUT_MS)
+    refused = page.locator(".st-key-k_sweep .js-plotly-plot").count() == 0
+    extra = ["window", "lsh", "ann", "hybrid", "learned", "random", "cosine", "dot"]
+    chosen = set(page.locator(f".st-key-{params.SELECTORS}").inner_text().split())
+    pool = [name for name in extra if name not in chosen]
+    for repeat in range(min(repeats, len(pool))):
+        name = pool[repeat]
+
+        def add(name=name):
+            _choose(page, params.SELECTORS, name)
+
+        if refused:  # the page only says why: time until that run is over
+            runs = _finished_runs(page)
+            server.mark()
+            started = time.perf_counter()
+            add()
+            _wait_done(page, [], "none", runs=runs + 1)
+            count = _finished_runs(page) - runs
+            record("Compare: add a selector (refused: dense budget)",
+                   (time.perf_counter() - started) * 1000, server.wait_for_runs(count), count)
+        else:
+            record("Compare: add a selector (new)",
+                   *_timed(page, server, ["k_sweep", "metric_histograms"], add,
+                           f"c{repeat}"))
+    context.close()
+    return samples
+
+
+def markdown_table(results: dict[str, dict], repeats: int, note: str) -> str:
+    lines = [
+        f"Browser timing (`python -m ui.browser_timing`): median of {repeats} per action, from "
+        "the action in Chromium until the script run is over and the changed charts are "
+        "redrawn; server = the app's own script time for the same rerun(s). "
+        f"{note}",
+        "",
+        "| size | action | browser (ms) | server (ms) | script runs | target | met |",
+        "|---|---|---:|---:|---:|---:|:---:|",
+    ]
+    for size, samples in results.items():
+        target = TARGET_MS[size]
+        shown = SIZES[size][0]
+        for action, (browser_ms, server_ms, runs) in samples.items():
+            median = statistics.median(browser_ms)
+            is_rerun = not action.startswith("first render")
+            met = ("yes" if median < target else "**no**") if is_rerun else "—"
+            lines.append(f"| {shown} | {action} | {median:,.0f} | "
+                         f"{statistics.median(server_ms):,.0f} | {statistics.median(runs):g} | "
+                         f"{f'< {target:,}' if is_rerun else '—'} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", default=",".join(SIZES),
+                        help=f"comma-separated, of: {', '.join(SIZES)}")
+    parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--note", default="",
+                        help="a sentence on the machine's load, written under the table")
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT))
+    log_path = pathlib.Path(tempfile.mkdtemp()) / "server.log"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    results = {}
+    with serve_app(log_path) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--headless", "--no-sandbox"])
+        server = ServerLog(log_path)
+        for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
+            print(f"timing {size} ...", flush=True)
+            results[size] = measure_size(browser, url, size, SIZES[size][1], args.repeats,
+                                         server)
+        browser.close()
+    machine = (f"Measured {datetime.date.today().isoformat()} on {os.cpu_count()} CPU cores "
+               f"({platform.machine()}), load average {load:.1f} at the start; Chromium "
+               "headless, 1400 × 1000 px.")
+    table = markdown_table(results, args.repeats, " ".join(filter(None, [machine, args.note])))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(table, encoding="utf-8")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
