@@ -278,14 +278,16 @@ def test_hostile_bundle_in_a_browser_renders_no_link_or_image(app_url, page):
     page.get_by_text("these settings were not restored").wait_for(timeout=120_000)
     page.wait_for_function(
         """() => [...document.querySelectorAll('.st-key-selection_view .ytick text')]
-                 .some(t => t.textContent.includes('#0'))""", timeout=120_000)
+                 .some(t => t.textContent.startsWith('1`![x]('))""", timeout=120_000)
     main = page.locator("[data-testid='stMain'], [data-testid='stSidebar']")
     leaks = page.locator("a[href*='127.0.0.1:9'], img[src*='127.0.0.1:9'], "
                          "[data-testid='stMarkdownContainer'] img, .js-plotly-plot a")
     assert leaks.count() == 0, [leaks.nth(i).evaluate("e => e.outerHTML")
                                 for i in range(leaks.count())]
     ticks = page.locator(".st-key-selection_view text").all_text_contents()
-    assert f"<img src={PIXEL}> 0" in ticks and f"{HOSTILE[0]} #0" in ticks  # as typed
+    # As typed (long labels are cut on the axis, whole on hover).
+    assert any(t.startswith("<img src=h") for t in ticks), ticks
+    assert any(t.startswith("1`![x](") for t in ticks), ticks
     text = " ".join(main.all_inner_texts()).replace(WORD_JOINER, "")
-    assert "Session expired, log in" in text and shorten(HOSTILE[0], 40) in text
+    assert "Session expired, log in" in text  # a note, as typed
     assert not any("127.0.0.1:9" in url for url in requests), requests

@@ -8,19 +8,21 @@ from ui.figure_cache import shared_figure
 
 
 def test_equal_arguments_share_one_figure_and_any_difference_builds_another():
-    indices = np.array([[[0, 1], [2, -1]]], dtype=np.int32)  # [H, M, k]
-    first = figures.selection_figure(indices, num_keys=3, key_labels=["a", "b", "c"])
-    again = figures.selection_figure(indices.copy(), num_keys=3, key_labels=["a", "b", "c"])
+    logits = np.array([[0.5, 2.0, -1.0]], dtype=np.float32)  # [H, N]
+    selected = np.array([[1, 0]], dtype=np.int32)  # [H, k]
+    build = figures.ranked_scores_figure
+    first = build(logits, selected, top_k=2, key_labels=["a", "b", "c"])
+    again = build(logits.copy(), selected.copy(), top_k=2, key_labels=["a", "b", "c"])
     assert again is first
-    changed = indices.copy()
-    changed[0, 1, 0] = 1
-    assert figures.selection_figure(changed, num_keys=3, key_labels=["a", "b", "c"]) is not first
-    assert figures.selection_figure(indices, num_keys=3, key_labels=["a", "b", "x"]) is not first
-    assert figures.selection_figure(indices.astype(np.int64), num_keys=3,
-                                    key_labels=["a", "b", "c"]) is not first
+    changed = selected.copy()
+    changed[0, 1] = 2
+    assert build(logits, changed, top_k=2, key_labels=["a", "b", "c"]) is not first
+    assert build(logits, selected, top_k=2, key_labels=["a", "b", "x"]) is not first
+    assert build(logits, selected.astype(np.int64), top_k=2,
+                 key_labels=["a", "b", "c"]) is not first
     # What st.plotly_chart sends is what the builder made.
-    assert first.to_dict() == figures.selection_figure.uncached(
-        indices, num_keys=3, key_labels=["a", "b", "c"]).to_dict()
+    assert first.to_dict() == build.uncached(
+        logits, selected, top_k=2, key_labels=["a", "b", "c"]).to_dict()
 
 
 def test_an_argument_it_cannot_compare_builds_every_time():
