@@ -69,11 +69,3 @@ if markdown is not None:
     with st.expander("The full results table (benchmarks/results.md)",
                      icon=":material/table_chart:"):
         st.markdown(markdown)
-per_row = performance.stored_per_row_markdown()
-if per_row is not None:
-    with st.expander("Without computing each distinct query row once"):
-        st.caption(
-            "Config P's 512 queries come from 256 topic centres, so only about 215 rows per "
-            "batch item are distinct, and by default `dot`, `cosine` and `ann` select and attend "
-            "once per distinct row. This run (`--per-row-selection`) computes every row for itself.")
-        st.markdown(per_row)

@@ -21,7 +21,6 @@ from ui.widgets import default, show_figure
 BENCHMARK_DIR = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS_MARKDOWN = "results.md"
 RESULTS_JSON = "results.json"
-PER_ROW_MARKDOWN = "results_per_row.md"
 MHA = "mha"
 WARM_UP_SIZE = 256
 METHOD_LABELS = {MHA: "keras MHA", "floor": "K/V floor", "naive": "naive top-k"}
@@ -233,11 +232,6 @@ def stored_results(directory: pathlib.Path | None = None) -> tuple[str | None, d
     if not isinstance(results, dict) or not isinstance(results.get("records"), list):
         results = None
     return markdown, results
-
-
-def stored_per_row_markdown(directory: pathlib.Path | None = None) -> str | None:
-    """The `--per-row-selection` table (`benchmarks/results_per_row.md`), or None when absent."""
-    return _text_or_none((BENCHMARK_DIR if directory is None else directory) / PER_ROW_MARKDOWN)
 
 
 def _text_or_none(path: pathlib.Path) -> str | None:
