@@ -101,15 +101,12 @@ def test_stored_results_are_shown_from_benchmarks(empty_benchmarks):
         json.dumps({"environment": {"repeats": 5}, "records": records}))
     (empty_benchmarks / "results.md").write_text(
         "| N | method | time (ms) |\n|---:|---|---:|\n| 4,096 | sdattn `cosine` | 50.0 |\n")
-    (empty_benchmarks / "results_per_row.md").write_text(
-        "| N | method | time (ms) |\n|---:|---|---:|\n| 4,096 | sdattn `dot` | 64.0 |\n")
     at = open_page()
     assert any("sdattn `cosine`" in m.value for m in at.markdown)
     assert not any("make bench" in i.value for i in at.info)
-    per_row = next(e for e in at.expander if "distinct query row" in e.label)
     full = next(e for e in at.expander if "results.md" in e.label)
     assert any("sdattn `cosine`" in m.value for m in full.markdown)
-    assert any("sdattn `dot`" in m.value for m in per_row.markdown)
+    assert not any("distinct query row" in e.label for e in at.expander)  # no per-row mode now
     lines = {t["name"]: t for t in chart(at, "stored_time")["data"]}
     assert set(lines) == {"sdattn cosine", "keras MHA"}  # the failed run is left out
     np.testing.assert_allclose(np.asarray(lines["keras MHA"]["y"], float), [600.0, 2_000.0])
