@@ -42,7 +42,7 @@ _is_sparse = backend.is_sparse
 class SparseDenseMultiHeadAttention(keras.layers.Layer):
     """Multi-head attention from sparse query rows to dense tokens, over the top-k keys only.
 
-    Each query (a row of a sparse tensor: `tf.SparseTensor` on TensorFlow, `BCOO` on JAX, what
+    Each query (a row of a sparse tensor: a TensorFlow `SparseTensor`, a JAX `BCOO`, what
     `keras.Input(sparse=True)` gives on each) is projected with a sparse matmul; a *selector*
     picks the `top_k` most relevant dense tokens for it (shared by all heads, or per head);
     scaled dot-product attention with a masked softmax then runs over those k tokens only, and
@@ -78,7 +78,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
     MHA. The layer then always takes the standard path, so the override sees every call.
 
     Call arguments:
-        query: sparse (`tf.SparseTensor` / JAX `BCOO`) or dense `[B, M, Dq]`.
+        query: sparse (TensorFlow `SparseTensor` / JAX `BCOO`) or dense `[B, M, Dq]`.
         value: dense `[B, N, Dv]`.
         key: dense `[B, N, Dk]`; defaults to `value`.
         query_mask: bool `[B, M]`, False for padded queries (taken from `query._keras_mask`

@@ -306,3 +306,25 @@ def test_data_parallel_over_two_devices_trains_the_single_device_weights(selecto
     assert report["devices"] == 2
     assert report["max_change"] > 1e-3  # training moved the weights
     assert report["max_difference"] < 1e-5
+
+
+def test_layer_masks_and_selectors_call_no_framework_outside_the_backend_module():
+    """Only `sdattn/backend/` may call TensorFlow or JAX (the acceptance grep of issue #16)."""
+    sources = [ROOT / "sdattn" / "layer.py", ROOT / "sdattn" / "masking.py", ROOT / "sdattn" / "plan.py",
+               *sorted((ROOT / "sdattn" / "selectors").rglob("*.py"))]
+    offenders = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+                 for path in sources for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if "tf." in line or "import tensorflow" in line or "import jax" in line or "jax." in line]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("selector", ["dot", "cosine"])
+def test_bfloat16_layer_stays_close_to_keras_mha_in_float32(selector):
+    rng = np.random.default_rng(18)
+    query, value = random_case(rng, 2, 4, 40, 6, 6)
+    layer, mha = paired_layers(2, 4, 40, selector, query, value)
+    half = SparseDenseMultiHeadAttention(2, 4, 40, selector=selector, dtype="bfloat16")
+    half(sparse(query), value)
+    half.set_weights(layer.get_weights())
+    out = numpy(ops.cast(half(sparse(query), value), "float32"))
+    np.testing.assert_allclose(out, numpy(mha(query, value)), atol=5e-2)

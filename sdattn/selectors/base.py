@@ -89,7 +89,7 @@ class SelectionContext:
     """What a selector sees for one call of the layer.
 
     Attributes:
-        query: the raw query, sparse (`tf.SparseTensor` on TF, `BCOO` on JAX) or dense `[B, M, Dq]`.
+        query: the raw query, sparse (a TensorFlow `SparseTensor`, a JAX `BCOO`) or dense `[B, M, Dq]`.
         key: the raw dense key tokens `[B, N, Dk]`.
         projected_query: `[B, M, H, key_dim]`, already scaled by 1/sqrt(key_dim), exactly what
             attention multiplies with the keys.

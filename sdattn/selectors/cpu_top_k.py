@@ -1,4 +1,4 @@
-"""Exact top-k over long rows on the CPU, with a compiled kernel instead of `tf.math.top_k`.
+"""Exact top-k over long rows on the CPU, with a compiled kernel instead of TensorFlow's top-k.
 
 TF's CPU top-k pushes every element of a row through a heap, which made exact per-head
 selection (`dot`: B·H·M rows) cost more than the whole of Keras' dense attention at N = 4,096.
@@ -6,14 +6,14 @@ The kernel (`top_k_kernel.top_k_rows`) reads each row once, keeps only the score
 lower bound on the k-th largest, and sorts those, with the same result, ties included
 (per-row costs against TF's: benchmarks/NOTES.md, "CPU top-k").
 
-It runs outside TF's graph (through the TF backend's host callback in a `tf.function`), so it
+It runs outside TF's graph (through the TF backend's host callback in a TF graph), so it
 is used only where that costs nothing: TF on the CPU, no XLA compilation, float32 or float64
 scores. On JAX, XLA's own top-k runs instead.
 A call with at most `_SORT_MAX_SCORES` scores is ranked by a NumPy argsort instead, so small
 inputs never load Numba.
 Elsewhere `sdattn.selectors.top_k.grouped_top_k` runs in `keras.ops`. `set_enabled(False)` (or the
 environment variable `SDATTN_CPU_TOP_K=0`) turns it off, for example before exporting a graph
-with `tf.saved_model`, which cannot hold Python code.
+as a TensorFlow SavedModel, which cannot hold Python code.
 """
 
 import functools
@@ -42,7 +42,7 @@ def set_enabled(enabled):
     """Turns the compiled kernel on or off for all later traces and eager calls.
 
     Args:
-        enabled: bool. Off, exact selection always runs `tf.math.top_k`-based code in TF.
+        enabled: bool. Off, exact selection always runs `keras.ops.top_k`-based code.
     """
     global _enabled
     _enabled = bool(enabled)
@@ -103,7 +103,7 @@ def _num_groups(num_keys, k):
 
 
 def top_k_numpy(scores, k):
-    """The k largest scores of each row and their positions, as `tf.math.top_k` gives them.
+    """The k largest scores of each row and their positions, as TensorFlow's `top_k` gives them.
 
     Up to `_SORT_MAX_SCORES` scores are ranked by a stable argsort (`_sorted_top_k`); more go
     to the compiled kernel (`_compiled_top_k`).
@@ -146,8 +146,8 @@ def _compiled_top_k(rows, k):
 
 
 def top_k(scores, k):
-    """`top_k_numpy` as a TF op, with `tf.math.top_k`'s gradient: eagerly on the tensor's
-    buffer, or through `tf.numpy_function` inside a `tf.function`. Check `applies` first.
+    """`top_k_numpy` as a TF op, with TensorFlow's `top_k` gradient: eagerly on the tensor's
+    buffer, or through a host callback inside a TF graph (`sdattn.backend.tensorflow`). Check `applies` first.
 
     Args:
         scores: float tensor `[..., n]` with static n >= k.

@@ -45,7 +45,7 @@ class WindowSelector(Selector):
         carried = query_position * remainder  # [M], below M²
         quotient = query_position * whole + ops.floor_divide(carried, divisor)
         twice_left = 2 * ops.mod(carried, divisor)
-        # Half-way rounds to the even neighbour, as Python's `round` and `tf.round` do.
+        # Half-way rounds to the even neighbour, as Python's `round` does.
         rounds_up = ops.logical_or(twice_left > divisor,
                                    ops.logical_and(twice_left == divisor, ops.mod(quotient, 2) == 1))
         return quotient + ops.cast(rounds_up, "int32")  # [M]

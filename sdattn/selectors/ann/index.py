@@ -158,8 +158,8 @@ class AnnSelector(Selector):
     slot is only empty when fewer than k keys are allowed at all. Masked query rows get -1.
 
     Selection runs outside the graph, on the host: eagerly in NumPy, or through the backend's
-    host callback (`sdattn.backend.host_callback`: TF's `numpy_function` inside `tf.function`,
-    `jax.pure_callback` under `jax.jit`); on TF it then cannot be compiled with XLA, and it gives
+    host callback (`sdattn.backend.host_callback`: TF's `numpy_function` inside a TF graph,
+    JAX's `pure_callback` under jit); on TF it then cannot be compiled with XLA, and it gives
     no gradient, as no selection does. With a GPU that Faiss sees, IVF and exact indexes move to it.
 
     Args:
@@ -436,7 +436,7 @@ class AnnSelector(Selector):
             if item_mask is not None:
                 allowed &= item_mask[head][rows[:, None], safe_candidates]
             ranked = np.where(allowed, scores, -np.inf)
-            # Sort by decreasing score, then by increasing position (as `tf.math.top_k` ties).
+            # Sort by decreasing score, then by increasing position (as TensorFlow's `top_k` ties).
             order = np.lexsort((safe_candidates, -ranked), axis=-1)[:, :k]
             chosen = np.take_along_axis(safe_candidates, order, axis=-1)
             chosen_allowed = np.take_along_axis(allowed, order, axis=-1)
@@ -453,7 +453,7 @@ class AnnSelector(Selector):
     @staticmethod
     def _ties_by_position(scores, candidates):
         """Candidates `[r, k]` sorted by decreasing score already, equal scores put in
-        increasing position (as `tf.math.top_k` breaks ties); only rows with a tie are sorted."""
+        increasing position (as TensorFlow's `top_k` breaks ties); only rows with a tie are sorted."""
         tied = np.flatnonzero((scores[:, 1:] == scores[:, :-1]).any(axis=-1))
         if tied.size:
             candidates = candidates.copy()
