@@ -171,6 +171,56 @@ def profile(args):
             print("(the layer reuses the selected scores as logits: no key gather after selection)")
 
 
+def recall(args):
+    """`ann`'s recall@k against exact cosine on Config P, and its `search_numpy` time, per nprobe."""
+    from sdattn import bench
+    from sdattn.inputs import generate_inputs
+    from sdattn.selectors.ann import AnnSelector
+
+    for num_keys in args.keys:
+        example = generate_inputs("config_p", seed=args.seed, num_keys=num_keys)
+        query, keys = example.dense_query(), example.value
+        exact = bench.exact_cosine_indices(query, keys, args.k)
+        for nprobe in args.nprobe:
+            selector = AnnSelector(nprobe=nprobe or None)
+            selector.index_keys(keys)
+            started = time.perf_counter()
+            selected = selector.search_numpy(query, keys, args.k)
+            elapsed = (time.perf_counter() - started) * 1e3
+            print(f"N={num_keys:,} nprobe={nprobe or 'default'}: recall@{args.k} "
+                  f"{bench.recall_at_k(selected[:, 0], exact):.3f}, search {elapsed:.1f} ms")
+
+
+def floor(args):
+    """The folded attention's steps one by one, on random data of Config P's sizes."""
+    import tensorflow as tf
+
+    batch, queries, heads, key_dim, dim, k = 2, 512, 8, 32, 256, 32
+    rng = np.random.default_rng(0)
+    keys = tf.constant(rng.standard_normal((batch, args.keys, dim), dtype=np.float32))
+    query = tf.constant(rng.standard_normal((batch, queries, heads, key_dim), dtype=np.float32))
+    indices = tf.constant(rng.integers(0, args.keys, (batch, queries * k)).astype(np.int32))
+    key_kernel, value_kernel = (tf.constant(rng.standard_normal((dim, heads, key_dim), dtype=np.float32))
+                                for _ in range(2))
+    output_kernel = tf.constant(rng.standard_normal((heads, key_dim, dim), dtype=np.float32))
+    selected = tf.reshape(tf.gather(keys, indices, batch_dims=1), [batch, queries, k, dim])  # [B, M, k, D]
+    folded = tf.einsum("bmhe,dhe->bmhd", query, key_kernel)  # [B, M, H, D]
+    weights = tf.nn.softmax(tf.matmul(folded, selected, transpose_b=True))  # [B, M, H, k]
+    mixed = tf.matmul(weights, selected)  # [B, M, H, D]
+    context = tf.einsum("bmhd,dhe->bmhe", mixed, value_kernel)  # [B, M, H, vd]
+    steps = {
+        "gather [B, M, k, D]": (lambda: tf.gather(keys, indices, batch_dims=1)),
+        "fold the query into key space": (lambda: tf.einsum("bmhe,dhe->bmhd", query, key_kernel)),
+        "logits": (lambda: tf.matmul(folded, selected, transpose_b=True)),
+        "softmax": (lambda: tf.nn.softmax(weights)),
+        "mixing": (lambda: tf.matmul(weights, selected)),
+        "value kernel": (lambda: tf.einsum("bmhd,dhe->bmhe", mixed, value_kernel)),
+        "output projection": (lambda: tf.einsum("bmhd,hdo->bmo", context, output_kernel)),
+    }
+    for label, step in steps.items():
+        _report(label, _median_ms(tf.function(step), args.repeats))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python benchmarks/micro.py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +237,16 @@ def main(argv=None):
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--densities", type=lambda t: [float(x) for x in t.split(",")], default=[0.008, 0.012, 0.031])
     p.set_defaults(run=projection)
+    p = sub.add_parser("recall", parents=[common], help=recall.__doc__)
+    p.add_argument("--keys", type=lambda t: [int(x) for x in t.split(",")], default=[16_384, 65_536])
+    p.add_argument("--nprobe", type=lambda t: [int(x) for x in t.split(",")], default=[0, 2, 4],
+                   help="0 = the default")
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=recall)
+    p = sub.add_parser("floor", parents=[common], help=floor.__doc__)
+    p.add_argument("--keys", type=int, default=16_384)
+    p.set_defaults(run=floor)
     for name, run in (("layer", layer), ("profile", profile)):
         p = sub.add_parser(name, parents=[common], help=run.__doc__)
         p.add_argument("--selector", default="cosine")

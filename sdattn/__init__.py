@@ -5,11 +5,14 @@ Sparse query rows attend over dense token embeddings, through only the top-k key
 `import sdattn` stays light: the input containers, generators and loaders (NumPy and SciPy) are
 imported at once; the layer, the selectors and the comparison helpers, which need TensorFlow,
 on first use of their names (`sdattn.SparseDenseMultiHeadAttention`, ...), so that loading data
-never pays for TensorFlow. Importing a name registers the Keras classes, as `from sdattn import
-SparseDenseMultiHeadAttention` before `keras.models.load_model` does.
+never pays for TensorFlow. The Keras classes are registered as soon as Keras is imported (or
+at once if it already is), so `keras.saving.load_model` finds them after `import sdattn`.
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
@@ -64,6 +67,42 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
+
+
+def _register_keras_classes():
+    """Imports the layer and the selectors, which registers their Keras classes."""
+    importlib.import_module("sdattn.layer")
+
+
+class _AfterKerasImport(importlib.abc.MetaPathFinder):
+    """Registers sdattn's Keras classes as soon as Keras itself is imported.
+
+    A `.keras` file names `sdattn>SparseDenseMultiHeadAttention`, which Keras finds only once
+    the class is registered: with this hook `import sdattn` then `keras.saving.load_model`
+    works, while code that never imports Keras (loading data) never pays for TensorFlow.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)  # once; and the regular finders find Keras itself
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            _register_keras_classes()
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if "keras" in sys.modules:
+    _register_keras_classes()
+else:
+    sys.meta_path.insert(0, _AfterKerasImport())
 
 
 __all__ = [

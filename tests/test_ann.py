@@ -345,3 +345,15 @@ def test_attention_waits_for_a_selection_made_outside_tf(selector):
     assert bool(waiting) == (selector == "ann")
     np.testing.assert_allclose(tf.function(lambda q, v: layer(q, v))(query, value).numpy(),
                                layer(query, value).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_sq8_rescoring_in_chunks_gives_the_same_selection(monkeypatch):
+    from sdattn import budgets
+
+    query, value, example = config_p_case(4_096, num_queries=24)
+    selector = {"name": "ann", "exact_threshold": 0, "nlist": 256, "storage": "sq8"}
+    layer = SparseDenseMultiHeadAttention(2, 4, 8, selector=selector)
+    _, _, whole = layer(example.to_sparse_tensor(), value, return_attention_scores=True)
+    monkeypatch.setattr(budgets, "ANN_RESCORE_ELEMENTS", 3 * 16 * 256)  # 3 query rows per step
+    _, _, chunked = layer(example.to_sparse_tensor(), value, return_attention_scores=True)
+    np.testing.assert_array_equal(chunked.numpy(), whole.numpy())

@@ -79,3 +79,11 @@ def test_pip_install_into_a_fresh_venv_runs_the_readme_example(tmp_path):
                          text=True, env=env, timeout=180)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.split("\n")[-2] == "(2, 16, 64) (2, 4, 16, 8) (2, 4, 16, 8)"
+
+
+def test_import_sdattn_then_keras_loads_a_saved_model():
+    """The layer is imported lazily, yet a `.keras` file loads right after `import sdattn`:
+    importing Keras registers sdattn's classes."""
+    path = ROOT / "tests" / "data" / "saved_before_selectors_move.keras"
+    statement = f"import sdattn, keras; keras.saving.load_model({str(path)!r})"
+    assert _loaded_after(statement, ("sdattn.layer", "sdattn.selectors.dot")) == ["sdattn.layer", "sdattn.selectors.dot"]

@@ -18,7 +18,8 @@ def test_keras_file_saved_before_the_move_loads_with_identical_outputs():
     query = tf.sparse.from_dense(saved["query"])
     names = [layer.name.removeprefix("sdattn_") for layer in model.layers
              if isinstance(layer, sdattn.SparseDenseMultiHeadAttention)]
-    assert sorted(names) == sorted(sdattn.available_selectors())
+    # Every selector of that time; selectors added later are not in the file.
+    assert len(names) == 8 and set(names) <= set(sdattn.available_selectors())
     for name in names:
         layer = model.get_layer(f"sdattn_{name}")
         assert layer.selector.selector_name == name

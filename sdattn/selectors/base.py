@@ -154,8 +154,10 @@ class Selector(keras.layers.Layer):
     in `layer.weights`. `attention_bias` may add a learned term to the logits of the selected
     slots so the selector's weights receive gradients.
 
-    Register a custom selector with `keras.saving.register_keras_serializable()` so that it
-    survives `.keras` save/load; keep `get_config` equal to its constructor arguments.
+    Register a custom selector with `register_selector(name, description)` (or, outside
+    sdattn's registry, `keras.saving.register_keras_serializable()`) so that it survives
+    `.keras` save/load; keep `get_config` equal to its constructor arguments. The README's
+    "Writing a selector" shows a complete one and the rule for each class flag below.
 
     Args:
         block_size: keys scored per block. None sizes blocks to about 16 M scores per batch
@@ -165,14 +167,17 @@ class Selector(keras.layers.Layer):
         **kwargs: `keras.layers.Layer` arguments.
     """
 
-    #: Whether each head selects its own keys (True) or all heads share one selection.
+    #: Whether each head selects its own keys (True: S = H) or all heads share one selection
+    #: (False: S = 1). The layer plans attention from it (a shared selection may be folded), and
+    #: raises when a selector with `per_head = False` returns H selections.
     per_head = False
     #: Whether the selection runs outside TF's thread pools (a host callback, as `ann`'s
     #: Faiss search): the layer then starts attention after it, instead of letting TF's threads
     #: compete with it for the cores, which stalls the search's own threads.
     selects_outside_tf = False
     #: Whether `scores` are exactly the attention logits q·k of the layer (projected, scaled
-    #: query times projected key): `select_scored` then hands them to the layer.
+    #: query times projected key): `select_scored` then hands them to the layer, which uses
+    #: them as the logits at inference. Any other score would give wrong attention weights.
     scores_are_logits = False
     selector_name = "custom"
 

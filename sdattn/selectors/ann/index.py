@@ -391,8 +391,16 @@ class AnnSelector(Selector):
         return selected
 
     def _rescored(self, entry, keys, positions, row_queries):
-        """Exact similarity of queries with the keys at `positions`: `[r, c]` from `[r, c]` ids."""
-        scores = np.einsum("rcd,rd->rc", keys[positions], row_queries)  # gathers [r, c, D]
+        """Exact similarity of queries with the keys at `positions`: `[r, c]` from `[r, c]` ids.
+
+        The candidate rows are gathered a few query rows at a time, so the temporary `[r', c, D]`
+        stays within `budgets.ANN_RESCORE_ELEMENTS` whatever the number of queries.
+        """
+        scores = np.empty(positions.shape, np.float32)  # [r, c]
+        step = max(1, budgets.ANN_RESCORE_ELEMENTS // max(positions.shape[1] * keys.shape[1], 1))
+        for start in range(0, positions.shape[0], step):
+            rows = slice(start, start + step)
+            scores[rows] = np.einsum("rcd,rd->rc", keys[positions[rows]], row_queries[rows])  # gathers [r', c, D]
         if entry.key_norms is not None:
             scores /= entry.key_norms[positions] + np.float32(self.epsilon)
         return scores
