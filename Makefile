@@ -37,8 +37,11 @@ browser:
 	  echo "Installing chromium (Debian package) for the browser tests"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
+# The whole suite on TensorFlow (the default backend), then the `backend`-marked core tests again
+# under JAX, in a process of their own (Keras picks its backend once per process).
 test: $(VENV)/.dev-installed browser
 	$(BIN)/python -m pytest tests
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -m backend tests/test_backends.py
 
 bench: $(VENV)/.runtime-installed
 	$(BIN)/python -m sdattn.bench --selectors dot,cosine,ann,random,window,lsh,hybrid --repeats 5 --json benchmarks/results.json --markdown benchmarks/results.md

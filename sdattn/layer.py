@@ -5,12 +5,11 @@ import math
 import numbers
 
 import keras
-import tensorflow as tf
-from keras import constraints, initializers, regularizers
+from keras import constraints, initializers, ops, regularizers
 # Keras exports no public setter for implicit masks; MultiHeadAttention uses this same helper.
 from keras.src.backend.common.masking import set_keras_mask
 
-from sdattn import budgets, plan as plan_lib
+from sdattn import backend, budgets, plan as plan_lib
 from sdattn import selectors as selectors_lib
 from sdattn import arguments
 from sdattn.selectors import cpu_top_k
@@ -19,7 +18,7 @@ from sdattn.masking import AttentionMask
 
 def _large_negative_number(dtype):
     """A finite large negative for masking: -1e9 overflows float16, so it gets -3e4 (as Keras)."""
-    return -3e4 if tf.as_dtype(dtype) == tf.float16 else -1e9
+    return -3e4 if keras.backend.standardize_dtype(dtype) == "float16" else -1e9
 
 
 def _output_shape_tuple(output_shape):
@@ -36,21 +35,15 @@ def _output_shape_tuple(output_shape):
     raise ValueError(f"Invalid `output_shape`: {arguments.invalid_value('output_shape', expected, output_shape)}")
 
 
-def _is_sparse(x):
-    return isinstance(x, tf.SparseTensor)
-
-
-def _densified(query):
-    """A sparse query `[B, M, Dq]` with static shape as a dense tensor; duplicate indices add up."""
-    dense = tf.scatter_nd(query.indices, query.values, tf.cast(query.dense_shape, tf.int64))  # [B, M, Dq]
-    return tf.ensure_shape(dense, query.shape)
+_is_sparse = backend.is_sparse
 
 
 @keras.saving.register_keras_serializable(package="sdattn")
 class SparseDenseMultiHeadAttention(keras.layers.Layer):
     """Multi-head attention from sparse query rows to dense tokens, over the top-k keys only.
 
-    Each query (a row of a `tf.SparseTensor`) is projected with a sparse matmul; a *selector*
+    Each query (a row of a sparse tensor: a TensorFlow `SparseTensor`, a JAX `BCOO`, what
+    `keras.Input(sparse=True)` gives on each) is projected with a sparse matmul; a *selector*
     picks the `top_k` most relevant dense tokens for it (shared by all heads, or per head);
     scaled dot-product attention with a masked softmax then runs over those k tokens only, and
     the heads are combined by the output projection. The weights are those of
@@ -76,7 +69,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             fold the key and value kernels into the query side for a shared selection, reuse
             the selector's scores as logits when they are (`dot`), and rank exact top-k with
             the compiled CPU kernel. False always projects the selected keys and values and
-            calls `_compute_attention`, in TF ops only (like Keras's `flash_attention=False`):
+            calls `_compute_attention`, in `keras.ops` only (like Keras's `flash_attention=False`):
             for debugging, exporting a graph, or comparing paths. The outputs are the same.
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
@@ -85,7 +78,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
     MHA. The layer then always takes the standard path, so the override sees every call.
 
     Call arguments:
-        query: `tf.SparseTensor` (or dense tensor) `[B, M, Dq]`.
+        query: sparse (TensorFlow `SparseTensor` / JAX `BCOO`) or dense `[B, M, Dq]`.
         value: dense `[B, N, Dv]`.
         key: dense `[B, N, Dk]`; defaults to `value`.
         query_mask: bool `[B, M]`, False for padded queries (taken from `query._keras_mask`
@@ -233,23 +226,22 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                                     attention_mask, use_causal_mask)
         plan = self.attention_plan(query, value, key, mask, training)
         projected_query = self._project_query(query)  # [B, M, H, kd]
-        projected_query = projected_query * tf.cast(self._key_dim ** -0.5, projected_query.dtype)
+        projected_query = projected_query * ops.cast(self._key_dim ** -0.5, projected_query.dtype)
         context = selectors_lib.SelectionContext(
             query=query, key=key, projected_query=projected_query,
             project_key=lambda: self._key_dense(key), mask=mask, num_heads=self._num_heads,
             training=training, cpu_top_k=plan.cpu_top_k)
         indices, slot_valid, slot_logits = self._select(context, plan)  # [B, S, M, k] each
         if plan.waits_for_selection:
-            with tf.control_dependencies([indices]):
-                projected_query = tf.identity(projected_query)
-        bias = self.selector.attention_bias(context, tf.where(slot_valid, indices, 0))
+            projected_query = backend.after([indices], projected_query)
+        bias = self.selector.attention_bias(context, ops.where(slot_valid, indices, 0))
         if plan.path == plan_lib.FOLDED:
             attention_output, scores = self._attend_folded(
                 projected_query, key, value, indices, slot_valid, bias, training)
         elif plan.path == plan_lib.REUSED_LOGITS:
             selected_value = self._selected_tokens(value, self._value_dense, indices, plan)  # [B, H, M, k, vd]
             scores, weights = self._slot_weights(slot_logits, slot_valid, bias, training)
-            attention_output = tf.einsum("bhmk,bhmkd->bmhd", weights, selected_value)  # [B, M, H, vd]
+            attention_output = ops.einsum("bhmk,bhmkd->bmhd", weights, selected_value)  # [B, M, H, vd]
         else:
             selected_key = self._selected_keys(context, key, indices, plan)  # [B, H, M, k, kd]
             selected_value = self._selected_tokens(value, self._value_dense, indices, plan)  # [B, H, M, k, vd]
@@ -257,10 +249,10 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                 projected_query, selected_key, selected_value, slot_valid, bias, training)
         output = self._output_dense(attention_output)  # [B, M, *out]
         if query_mask is not None:
-            set_keras_mask(output, tf.cast(query_mask, tf.bool))
+            set_keras_mask(output, ops.cast(query_mask, "bool"))
         if not return_attention_scores:
             return output
-        indices = tf.broadcast_to(tf.where(slot_valid, indices, -1), tf.shape(scores))  # [B, H, M, k]
+        indices = ops.broadcast_to(ops.where(slot_valid, indices, -1), backend.dynamic_shape(scores))  # [B, H, M, k]
         return output, scores, indices
 
     def attention_plan(self, query, value, key=None, mask=None, training=None):
@@ -280,29 +272,30 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             scores_are_logits=self.selector.scores_are_logits,
             selects_outside_tf=self.selector.selects_outside_tf,
             mask_heads=1 if mask is None else mask.num_mask_heads,
-            training=training, eager=tf.executing_eagerly(),
+            training=training, eager=backend.executing_eagerly(),
             custom_attention=self._overrides_attention(), fast_paths=self._fast_paths,
             cpu_top_k_available=cpu_top_k.available())
 
     def _standardize_inputs(self, query, value, key):
         dtype = self.compute_dtype
-        for name, tensor in (("value", value), ("key", key), ("query", query)):
-            if not tf.as_dtype(tensor.dtype).is_floating:
+        tensors = {"value": value, "key": key, "query": query}
+        for name, tensor in tensors.items():
+            if not _is_sparse(tensor):
+                tensors[name] = tensor = ops.convert_to_tensor(tensor)
+            if not backend.is_float(tensor):
                 raise TypeError(f"Argument `{name}` must be a float tensor. "
-                                f"Received: {name}.dtype={tf.as_dtype(tensor.dtype).name}")
+                                f"Received: {name}.dtype={keras.backend.standardize_dtype(tensor.dtype)}")
+        query, value, key = tensors["query"], tensors["value"], tensors["key"]
         self._check_ranks(tuple(query.shape), tuple(value.shape), tuple(key.shape))
-        if _is_sparse(query):
-            if query.dtype != dtype:
-                query = tf.SparseTensor(query.indices, tf.cast(query.values, dtype), query.dense_shape)
-        else:
-            query = tf.cast(query, dtype)
-        return query, tf.cast(value, dtype), tf.cast(key, dtype)
+        query = backend.cast_sparse(query, dtype) if _is_sparse(query) else ops.cast(query, dtype)
+        return query, ops.cast(value, dtype), ops.cast(key, dtype)
 
     def _attention_mask(self, query, value, query_mask, value_mask, key_mask, attention_mask,
                         use_causal_mask):
         """Validates the masks and combines them, factored, as Keras MHA does."""
-        num_queries = query.shape[1] if query.shape[1] is not None else tf.shape(query)[1]
-        num_keys = value.shape[1] if value.shape[1] is not None else tf.shape(value)[1]
+        num_queries = query.shape[1] if query.shape[1] is not None else (
+            backend.sparse_dense_shape(query)[1] if _is_sparse(query) else ops.shape(query)[1])
+        num_keys = value.shape[1] if value.shape[1] is not None else ops.shape(value)[1]
         batch = query.shape[0]
 
         def check(name, mask, expected):
@@ -314,8 +307,8 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                     f"(None = any). Received: {name}.shape={shape}")
 
         def as_bool(mask):
-            mask = tf.convert_to_tensor(mask)
-            return mask if mask.dtype == tf.bool else tf.not_equal(mask, tf.zeros_like(mask))
+            mask = ops.convert_to_tensor(mask)
+            return mask if keras.backend.standardize_dtype(mask.dtype) == "bool" else ops.not_equal(mask, 0)
 
         if query_mask is not None:
             query_mask = as_bool(query_mask)
@@ -327,10 +320,10 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             key_side_mask = as_bool(key_side_mask)
             check(name, key_side_mask, (batch, value.shape[1]))
             combined_key_mask = key_side_mask if combined_key_mask is None else (
-                tf.logical_and(combined_key_mask, key_side_mask))
+                ops.logical_and(combined_key_mask, key_side_mask))
         if attention_mask is not None:
             attention_mask = as_bool(attention_mask)
-            rank = attention_mask.shape.rank
+            rank = len(attention_mask.shape)
             expected = {2: (query.shape[1], value.shape[1]),
                         3: (batch, query.shape[1], value.shape[1]),
                         4: (batch, self._num_heads, query.shape[1], value.shape[1])}.get(rank)
@@ -351,48 +344,35 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
     def _project_query(self, query):
         """Projects the query into heads: `[B, M, Dq]` → `[B, M, H, kd]`.
 
-        A sparse query goes through `sparse_dense_matmul` below `budgets.DENSE_PROJECTION_DENSITY`
-        non-zeros, and through a densified copy above, whichever is faster at that density; a
-        sparse query larger than `budgets.DENSIFY_ELEMENTS` is never densified.
+        A sparse query goes through a sparse matmul (`sdattn.backend.sparse_matmul`) below
+        `budgets.DENSE_PROJECTION_DENSITY` non-zeros, and through a densified copy above,
+        whichever is faster at that density; a sparse query larger than
+        `budgets.DENSIFY_ELEMENTS` is never densified.
         """
         if not _is_sparse(query):
             return self._query_dense(query)
         if any(size is None for size in query.shape) or math.prod(query.shape) > budgets.DENSIFY_ELEMENTS:
             return self._sparse_projection(query)
-        density = tf.cast(tf.size(query.values), tf.float32) / float(max(math.prod(query.shape), 1))
-        if tf.executing_eagerly():
-            use_sparse = bool(density < budgets.DENSE_PROJECTION_DENSITY)
-            return self._sparse_projection(query) if use_sparse else self._query_dense(_densified(query))
-        projected = tf.cond(density < budgets.DENSE_PROJECTION_DENSITY,
-                            lambda: self._sparse_projection(query),
-                            lambda: self._query_dense(_densified(query)))
-        return tf.ensure_shape(projected, (query.shape[0], query.shape[1], self._num_heads, self._key_dim))
+        stored = backend.nnz(query)  # a Python int eagerly and on JAX (BCOO's static count)
+        size = float(max(math.prod(query.shape), 1))
+        density = stored / size if isinstance(stored, int) else ops.cast(stored, "float32") / size
+        return backend.density_branch(
+            density < budgets.DENSE_PROJECTION_DENSITY,
+            lambda: self._sparse_projection(query),
+            lambda: self._query_dense(backend.densify(query)),
+            (query.shape[0], query.shape[1], self._num_heads, self._key_dim))
 
     def _sparse_projection(self, query):
-        """`sparse_dense_matmul` projection of a sparse query: `[B, M, Dq]` → `[B, M, H, kd]`."""
-        kernel = tf.cast(self._query_dense.kernel, self.compute_dtype)  # [Dq, H, kd]
+        """Sparse×dense projection of a sparse query: `[B, M, Dq]` → `[B, M, H, kd]`."""
+        kernel = ops.cast(self._query_dense.kernel, self.compute_dtype)  # [Dq, H, kd]
         query_dim = kernel.shape[0]
-        shape = tf.shape(query, out_type=tf.int64)
-        flat_query = tf.sparse.reshape(query, tf.stack([shape[0] * shape[1], query_dim]))  # [B·M, Dq]
-        flat_kernel = tf.reshape(kernel, [query_dim, self._num_heads * self._key_dim])  # [Dq, H·kd]
-        projected = self._sparse_matmul(flat_query, flat_kernel)  # [B·M, H·kd]
-        projected = tf.reshape(projected, tf.stack(
-            [tf.cast(shape[0], tf.int32), tf.cast(shape[1], tf.int32), self._num_heads, self._key_dim]))  # [B, M, H, kd]
-        if query.shape[1] is not None:
-            projected = tf.ensure_shape(projected, (query.shape[0], query.shape[1], self._num_heads, self._key_dim))
+        flat_kernel = ops.reshape(kernel, (query_dim, self._num_heads * self._key_dim))  # [Dq, H·kd]
+        projected = backend.sparse_matmul(query, flat_kernel)  # [B, M, H·kd]
+        batch, num_queries = backend.dynamic_shape(projected)[:2]
+        projected = ops.reshape(projected, (batch, num_queries, self._num_heads, self._key_dim))  # [B, M, H, kd]
         if self._use_bias:
-            projected = projected + tf.cast(self._query_dense.bias, projected.dtype)
+            projected = projected + ops.cast(self._query_dense.bias, projected.dtype)
         return projected
-
-    @staticmethod
-    def _sparse_matmul(sparse, dense):
-        # TF's sparse matmul kernels cover float32/float64 only; half precision goes through
-        # float32, which is also what a float16 matmul would accumulate in.
-        if dense.dtype in (tf.float32, tf.float64):
-            return tf.sparse.sparse_dense_matmul(sparse, dense)
-        as_float32 = tf.SparseTensor(sparse.indices, tf.cast(sparse.values, tf.float32), sparse.dense_shape)
-        product = tf.sparse.sparse_dense_matmul(as_float32, tf.cast(dense, tf.float32))
-        return tf.cast(product, dense.dtype)
 
     def _overrides_attention(self):
         """Whether a subclass overrides `_compute_attention` (the fast paths then stay off)."""
@@ -414,9 +394,9 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                                  "must return the selected logits. Received: logits=None")
         else:
             indices, logits = self.selector.select(context, slots), None
-        indices = tf.cast(indices, tf.int32)  # [B, S, M, k]
-        if indices.shape.rank != 4 or indices.shape[-1] not in (None, slots):
-            received = "unknown" if indices.shape.rank is None else tuple(indices.shape)
+        indices = ops.cast(indices, "int32")  # [B, S, M, k]
+        if len(indices.shape) != 4 or indices.shape[-1] not in (None, slots):
+            received = tuple(indices.shape)
             raise ValueError(
                 f"Selector {name} must return indices of shape [B, S, M, {slots}]. "
                 f"Received: shape={received}")
@@ -425,36 +405,39 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                 f"Selector {name} has `per_head = {self.selector.per_head}`, so it must return "
                 f"indices of shape [B, {plan.selection_heads} or 1, M, {slots}]. "
                 f"Received: shape={tuple(indices.shape)}")
-        num_keys = tf.cast(context.num_keys, tf.int32)
-        in_range = tf.logical_and(indices >= 0, indices < num_keys)
-        safe_indices = tf.where(in_range, indices, 0)
+        num_keys = ops.cast(context.num_keys, "int32")
+        in_range = ops.logical_and(indices >= 0, indices < num_keys)
+        safe_indices = ops.where(in_range, indices, 0)
         allowed = context.mask.at_slots(safe_indices)
-        valid = in_range if allowed is None else tf.logical_and(in_range, allowed)
+        valid = in_range if allowed is None else ops.logical_and(in_range, allowed)
         # The selection-head count is the plan's, static (1 = shared, H = per head), for
         # `_gather_heads` and the folded path.
-        shape = tf.shape(safe_indices)
-        target = tf.stack([shape[0], plan.selection_heads, shape[2], shape[3]])  # [B, S, M, k]
+        shape = backend.dynamic_shape(safe_indices)
+        target = (shape[0], plan.selection_heads, shape[2], shape[3])  # [B, S, M, k]
         static_shape = (None, plan.selection_heads, None, slots)
+
+        def expanded(tensor):
+            return backend.ensure_shape(ops.broadcast_to(tensor, target), static_shape)  # [B, S, M, k]
+
         if logits is not None:
-            logits = tf.ensure_shape(tf.broadcast_to(tf.cast(logits, self.compute_dtype), target), static_shape)
-        return (tf.ensure_shape(tf.broadcast_to(safe_indices, target), static_shape),
-                tf.ensure_shape(tf.broadcast_to(valid, target), static_shape), logits)
+            logits = expanded(ops.cast(logits, self.compute_dtype))
+        return expanded(safe_indices), expanded(valid), logits
 
     def _gather_heads(self, projected, indices):
         """Gathers each head's selected rows: `[B, N, H, d]` at `[B, S, M, k]` → `[B, H, M, k, d]`."""
-        batch = tf.shape(projected)[0]
-        num_queries, slots = tf.shape(indices)[2], tf.shape(indices)[3]
+        batch = backend.dynamic_shape(projected)[0]
+        _, _, num_queries, slots = backend.dynamic_shape(indices)
         heads, depth = self._num_heads, projected.shape[-1]
         if indices.shape[1] == 1:
             # Shared selection: gather whole rows once, all heads at a time.
-            flat = tf.reshape(indices, [batch, -1])  # [B, M·k]
-            rows = tf.gather(projected, flat, batch_dims=1)  # [B, M·k, H, d]
-            rows = tf.reshape(rows, tf.stack([batch, num_queries, slots, heads, depth]))  # [B, M, k, H, d]
-            return tf.transpose(rows, [0, 3, 1, 2, 4])  # [B, H, M, k, d]
-        by_head = tf.transpose(projected, [0, 2, 1, 3])  # [B, H, N, d]
-        flat = tf.reshape(indices, tf.stack([batch, heads, -1]))  # [B, H, M·k]
-        rows = tf.gather(by_head, flat, batch_dims=2)  # [B, H, M·k, d]
-        return tf.reshape(rows, tf.stack([batch, heads, num_queries, slots, depth]))  # [B, H, M, k, d]
+            flat = ops.reshape(indices, (batch, -1))  # [B, M·k]
+            rows = backend.gather_batched(projected, flat, 1)  # [B, M·k, H, d]
+            rows = ops.reshape(rows, (batch, num_queries, slots, heads, depth))  # [B, M, k, H, d]
+            return ops.transpose(rows, (0, 3, 1, 2, 4))  # [B, H, M, k, d]
+        by_head = ops.transpose(projected, (0, 2, 1, 3))  # [B, H, N, d]
+        flat = ops.reshape(indices, (batch, heads, -1))  # [B, H, M·k]
+        rows = backend.gather_batched(by_head, flat, 2)  # [B, H, M·k, d]
+        return ops.reshape(rows, (batch, heads, num_queries, slots, depth))  # [B, H, M, k, d]
 
     def _selected_keys(self, context, key, indices, plan):
         """Projected keys of the selected slots, `[B, H, M, k, kd]`: the selector's projection of
@@ -490,50 +473,50 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         Returns:
             `(attention_output [B, M, H, vd], scores [B, H, M, k])`.
         """
-        batch = tf.shape(indices)[0]
-        num_queries, slots = tf.shape(indices)[2], tf.shape(indices)[3]
-        flat = tf.reshape(indices, [batch, -1])  # [B, M·k]
-        selected_keys = tf.gather(key, flat, batch_dims=1)  # [B, M·k, Dk]
-        selected_keys = tf.reshape(selected_keys, tf.stack([batch, num_queries, slots, key.shape[-1]]))  # [B, M, k, Dk]
-        key_kernel = tf.cast(self._key_dense.kernel, query.dtype)  # [Dk, H, kd]
-        folded_query = tf.einsum("bmhe,dhe->bmhd", query, key_kernel)  # [B, M, H, Dk]
+        batch, _, num_queries, slots = backend.dynamic_shape(indices)
+        flat = ops.reshape(indices, (batch, -1))  # [B, M·k]
+        selected_keys = backend.gather_batched(key, flat, 1)  # [B, M·k, Dk]
+        selected_keys = ops.reshape(selected_keys, (batch, num_queries, slots, key.shape[-1]))  # [B, M, k, Dk]
+        key_kernel = ops.cast(self._key_dense.kernel, query.dtype)  # [Dk, H, kd]
+        folded_query = ops.einsum("bmhe,dhe->bmhd", query, key_kernel)  # [B, M, H, Dk]
         # Rows stay [B, M, H, k] until the end: one batched matmul per query, no transposes.
-        logits = tf.matmul(folded_query, selected_keys, transpose_b=True)  # [B, M, H, k]
+        logits = ops.matmul(folded_query, ops.swapaxes(selected_keys, -1, -2))  # [B, M, H, k]
         if self._use_bias:
             # q·b_K, the same for every slot of a (query, head) row: the softmax ignores it, but
             # it keeps Keras's logits (and the key bias's gradient, zero, defined).
-            key_bias = tf.cast(self._key_dense.bias, query.dtype)  # [H, kd]
-            logits = logits + tf.reduce_sum(query * key_bias, axis=-1, keepdims=True)  # [B, M, H, 1]
-        by_query = [0, 2, 1, 3]  # [B, H, M, k] ↔ [B, M, H, k]
-        slot_valid = tf.transpose(slot_valid, by_query)  # [B, M, S', k]
+            key_bias = ops.cast(self._key_dense.bias, query.dtype)  # [H, kd]
+            logits = logits + ops.sum(query * key_bias, axis=-1, keepdims=True)  # [B, M, H, 1]
+        by_query = (0, 2, 1, 3)  # [B, H, M, k] ↔ [B, M, H, k]
+        slot_valid = ops.transpose(slot_valid, by_query)  # [B, M, S', k]
         if bias is not None:
-            bias = tf.convert_to_tensor(bias)
-            bias = tf.reshape(bias, tf.concat([tf.ones([4 - bias.shape.rank], tf.int32), tf.shape(bias)], 0))  # [B|1, S|1, M, k]
-            bias = tf.transpose(bias, by_query)  # [B, M, S', k]
+            bias = ops.convert_to_tensor(bias)
+            bias = ops.reshape(bias, (1,) * (4 - len(bias.shape)) + backend.dynamic_shape(bias))  # [B|1, S|1, M, k]
+            bias = ops.transpose(bias, by_query)  # [B, M, S', k]
         scores, weights = self._slot_weights(logits, slot_valid, bias, training)  # [B, M, H, k] each
         if value is key:
             selected_values = selected_keys  # [B, M, k, Dv]
         else:
-            selected_values = tf.gather(value, flat, batch_dims=1)  # [B, M·k, Dv]
-            selected_values = tf.reshape(selected_values, tf.stack([batch, num_queries, slots, value.shape[-1]]))  # [B, M, k, Dv]
-        mixed_tokens = tf.matmul(weights, selected_values)  # [B, M, H, Dv]
-        value_kernel = tf.cast(self._value_dense.kernel, query.dtype)  # [Dv, H, vd]
-        attention_output = tf.einsum("bmhd,dhe->bmhe", mixed_tokens, value_kernel)  # [B, M, H, vd]
+            selected_values = backend.gather_batched(value, flat, 1)  # [B, M·k, Dv]
+            selected_values = ops.reshape(selected_values, (batch, num_queries, slots, value.shape[-1]))  # [B, M, k, Dv]
+        mixed_tokens = ops.matmul(weights, selected_values)  # [B, M, H, Dv]
+        value_kernel = ops.cast(self._value_dense.kernel, query.dtype)  # [Dv, H, vd]
+        attention_output = ops.einsum("bmhd,dhe->bmhe", mixed_tokens, value_kernel)  # [B, M, H, vd]
         if self._use_bias:
-            weight_sums = tf.reduce_sum(weights, axis=-1)  # [B, M, H]
-            attention_output = attention_output + weight_sums[..., None] * tf.cast(self._value_dense.bias, query.dtype)
-        return attention_output, tf.transpose(scores, by_query)  # [B, H, M, k]
+            weight_sums = ops.sum(weights, axis=-1)  # [B, M, H]
+            attention_output = attention_output + weight_sums[..., None] * ops.cast(self._value_dense.bias, query.dtype)
+        return attention_output, ops.transpose(scores, by_query)  # [B, H, M, k]
 
     def _slot_weights(self, logits, slot_valid, bias=None, training=None):
         """Masked softmax over the slots (the last axis), then dropout: `(scores, weights)`,
         each shaped like `logits` (`[B, H, M, k]`, or `[B, M, H, k]` on the folded path)."""
         if bias is not None:
-            logits = logits + tf.cast(bias, logits.dtype)
-        slot_valid = tf.broadcast_to(slot_valid, tf.shape(logits))
-        logits = tf.where(slot_valid, logits, tf.constant(_large_negative_number(logits.dtype), logits.dtype))
-        scores = tf.nn.softmax(logits, axis=-1)
+            logits = logits + ops.cast(bias, logits.dtype)
+        slot_valid = ops.broadcast_to(slot_valid, backend.dynamic_shape(logits))
+        logits = ops.where(slot_valid, logits, ops.cast(_large_negative_number(logits.dtype), logits.dtype))
+        # One slot gets weight 1 (Keras's softmax warns on an axis of size 1).
+        scores = ops.softmax(logits, axis=-1) if logits.shape[-1] != 1 else ops.ones_like(logits)
         # A row with no valid slot would be uniform over masked slots; Keras zeroes it, as do we.
-        scores = tf.where(slot_valid, scores, tf.zeros_like(scores))
+        scores = ops.where(slot_valid, scores, ops.zeros_like(scores))
         weights = self._dropout_layer(scores, training=training) if self._dropout > 0 else scores
         return scores, weights
 
@@ -548,24 +531,26 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         Returns:
             `[B, H, M, k, d]`: each head's projection of each slot's token.
         """
-        batch, num_tokens = tf.shape(tokens)[0], tf.shape(tokens)[1]
-        selection_heads, num_queries, slots = indices.shape[1], tf.shape(indices)[2], tf.shape(indices)[3]
+        batch, num_tokens = backend.dynamic_shape(tokens)[:2]
+        _, selection_heads, num_queries, slots = backend.dynamic_shape(indices)
         heads, depth = self._num_heads, projection.kernel.shape[-1]
-        offsets = tf.range(batch)[:, None, None, None] * num_tokens  # [B, 1, 1, 1]
-        flat_ids = tf.reshape(indices + offsets, [-1])  # [B·S·M·k]
-        unique_ids, position = tf.unique(flat_ids)  # [U], [B·S·M·k]
-        rows = tf.gather(tf.reshape(tokens, [-1, tokens.shape[-1]]), unique_ids)  # [U, D]
-        projected = tf.einsum("ud,dhe->uhe", rows, tf.cast(projection.kernel, rows.dtype))  # [U, H, d]
+        offsets = ops.arange(batch, dtype=indices.dtype)[:, None, None, None] * ops.cast(num_tokens, indices.dtype)  # [B, 1, 1, 1]
+        flat_ids = ops.reshape(indices + offsets, (-1,))  # [B·S·M·k]
+        # Each distinct token once on TF; under JAX (static shapes) every slot's own row.
+        unique_ids, position = backend.unique(flat_ids)  # [U], [B·S·M·k]
+        rows = ops.take(ops.reshape(tokens, (-1, tokens.shape[-1])), unique_ids, axis=0)  # [U, D]
+        projected = ops.einsum("ud,dhe->uhe", rows, ops.cast(projection.kernel, rows.dtype))  # [U, H, d]
         if self._use_bias:
-            projected = projected + tf.cast(projection.bias, projected.dtype)
+            projected = projected + ops.cast(projection.bias, projected.dtype)
         if selection_heads == 1:
-            per_slot = tf.gather(projected, position)  # [B·M·k, H, d]
-            per_slot = tf.reshape(per_slot, tf.stack([batch, num_queries, slots, heads, depth]))  # [B, M, k, H, d]
-            return tf.transpose(per_slot, [0, 3, 1, 2, 4])  # [B, H, M, k, d]
+            per_slot = ops.take(projected, position, axis=0)  # [B·M·k, H, d]
+            per_slot = ops.reshape(per_slot, (batch, num_queries, slots, heads, depth))  # [B, M, k, H, d]
+            return ops.transpose(per_slot, (0, 3, 1, 2, 4))  # [B, H, M, k, d]
         # Per-head selection: slot (b, h, m, j) reads head h of its token's projection.
-        head_of_slot = tf.reshape(tf.broadcast_to(tf.range(heads)[None, :, None, None], tf.shape(indices)), [-1])  # [B·H·M·k]
-        per_slot = tf.gather(tf.reshape(projected, [-1, depth]), position * heads + head_of_slot)  # [B·H·M·k, d]
-        return tf.reshape(per_slot, tf.stack([batch, heads, num_queries, slots, depth]))  # [B, H, M, k, d]
+        head_of_slot = ops.reshape(ops.broadcast_to(ops.arange(heads, dtype=position.dtype)[None, :, None, None],
+                                                    backend.dynamic_shape(indices)), (-1,))  # [B·H·M·k]
+        per_slot = ops.take(ops.reshape(projected, (-1, depth)), position * heads + head_of_slot, axis=0)  # [B·H·M·k, d]
+        return ops.reshape(per_slot, (batch, heads, num_queries, slots, depth))  # [B, H, M, k, d]
 
     def _compute_attention(self, query, selected_key, selected_value, slot_valid, bias=None,
                            training=None):
@@ -582,9 +567,9 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         Returns:
             `(attention_output [B, M, H, vd], scores [B, H, M, k])`.
         """
-        logits = tf.einsum("bmhd,bhmkd->bhmk", query, selected_key)  # [B, H, M, k]
+        logits = ops.einsum("bmhd,bhmkd->bhmk", query, selected_key)  # [B, H, M, k]
         scores, weights = self._slot_weights(logits, slot_valid, bias, training)
-        attention_output = tf.einsum("bhmk,bhmkd->bmhd", weights, selected_value)  # [B, M, H, vd]
+        attention_output = ops.einsum("bhmk,bhmkd->bmhd", weights, selected_value)  # [B, M, H, vd]
         return attention_output, scores
 
     # ---- Keras plumbing -----------------------------------------------------------------

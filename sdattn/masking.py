@@ -1,7 +1,9 @@
 """The combined attention mask, kept in factored form so that no `[B, H, M, N]` tensor is built.
 Selectors read it block by block; the layer reads it only at the k selected slots."""
 
-import tensorflow as tf
+from keras import ops
+
+from sdattn import backend
 
 
 class AttentionMask:
@@ -58,14 +60,14 @@ class AttentionMask:
         if self.key_mask is not None:
             parts.append(self.key_mask[:, None, None, start:stop])  # [B, 1, 1, n]
         if self.causal:
-            query_position = tf.range(self.num_queries)[:, None]  # [M, 1]
-            key_position = tf.range(start, stop)[None, :]  # [1, n]
+            query_position = ops.arange(self.num_queries)[:, None]  # [M, 1]
+            key_position = ops.arange(start, stop)[None, :]  # [1, n]
             parts.append((key_position <= query_position)[None, None])  # [1, 1, M, n]
         if self.attention_mask is not None:
             parts.append(self.attention_mask[..., start:stop])  # [B|1, H|1, M, n]
         combined = parts[0]
         for part in parts[1:]:
-            combined = tf.logical_and(combined, part)
+            combined = ops.logical_and(combined, part)
         return combined
 
     def at_slots(self, indices):
@@ -80,29 +82,25 @@ class AttentionMask:
         """
         if self.is_empty:
             return None
-        batch = tf.shape(indices)[0]
+        batch, _, num_queries, slots = backend.dynamic_shape(indices)
         parts = []
         if self.query_mask is not None:
             parts.append(self.query_mask[:, None, :, None])  # [B, 1, M, 1]
         if self.key_mask is not None:
             # [B, S·M·k] positions → their key-mask bits → [B, S, M, k]
-            flat_positions = tf.reshape(indices, [batch, -1])
-            picked = tf.gather(self.key_mask, flat_positions, batch_dims=1)
-            parts.append(tf.reshape(picked, tf.shape(indices)))
+            flat_positions = ops.reshape(indices, (batch, -1))
+            picked = backend.gather_batched(self.key_mask, flat_positions, 1)
+            parts.append(ops.reshape(picked, ops.shape(indices)))
         if self.causal:
-            query_position = tf.range(tf.shape(indices)[2])[None, None, :, None]  # [1, 1, M, 1]
+            query_position = ops.arange(num_queries, dtype=indices.dtype)[None, None, :, None]  # [1, 1, M, 1]
             parts.append(indices <= query_position)
         if self.attention_mask is not None:
-            mask_heads = self.attention_mask.shape[1]
-            index_heads = indices.shape[1]
-            heads = max(mask_heads, index_heads)
-            target = tf.stack([batch, heads, tf.shape(indices)[2], -1])
-            dense_mask = tf.broadcast_to(
-                self.attention_mask,
-                tf.concat([target[:3], tf.shape(self.attention_mask)[-1:]], 0))  # [B, H', M, N]
-            slot_positions = tf.broadcast_to(indices, tf.concat([target[:3], tf.shape(indices)[-1:]], 0))  # [B, H', M, k]
-            parts.append(tf.gather(dense_mask, slot_positions, batch_dims=3))
+            heads = max(self.attention_mask.shape[1], indices.shape[1])
+            num_keys = ops.shape(self.attention_mask)[-1]
+            dense_mask = ops.broadcast_to(self.attention_mask, (batch, heads, num_queries, num_keys))  # [B, H', M, N]
+            slot_positions = ops.broadcast_to(indices, (batch, heads, num_queries, slots))  # [B, H', M, k]
+            parts.append(backend.gather_batched(dense_mask, slot_positions, 3))  # [B, H', M, k]
         combined = parts[0]
         for part in parts[1:]:
-            combined = tf.logical_and(combined, part)
+            combined = ops.logical_and(combined, part)
         return combined

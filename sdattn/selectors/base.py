@@ -4,9 +4,9 @@ A selector scores keys (or selects them itself); the registry maps `selector=` n
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from sdattn import budgets
+from sdattn import backend, budgets
 from sdattn.selectors.top_k import masked_scores, streamed_top_k
 
 _REGISTRY = {}
@@ -89,7 +89,7 @@ class SelectionContext:
     """What a selector sees for one call of the layer.
 
     Attributes:
-        query: the raw query, a `tf.SparseTensor` or dense tensor `[B, M, Dq]`.
+        query: the raw query, sparse (a TensorFlow `SparseTensor`, a JAX `BCOO`) or dense `[B, M, Dq]`.
         key: the raw dense key tokens `[B, N, Dk]`.
         projected_query: `[B, M, H, key_dim]`, already scaled by 1/sqrt(key_dim), exactly what
             attention multiplies with the keys.
@@ -115,9 +115,9 @@ class SelectionContext:
         self.num_heads = num_heads
         self.training = training
         self.cpu_top_k = cpu_top_k
-        self.num_queries = query.shape[1] if query.shape[1] is not None else tf.shape(query)[1]
+        self.num_queries = query.shape[1] if query.shape[1] is not None else backend.dynamic_shape(projected_query)[1]
         self.max_queries = query.shape[1]
-        self.num_keys = key.shape[1] if key.shape[1] is not None else tf.shape(key)[1]
+        self.num_keys = key.shape[1] if key.shape[1] is not None else backend.dynamic_shape(key)[1]
         self.cache = {}
 
     @property
@@ -133,7 +133,7 @@ class SelectionContext:
 
     @property
     def is_sparse(self):
-        return isinstance(self.query, tf.SparseTensor)
+        return backend.is_sparse(self.query)
 
 
 class Selector(keras.layers.Layer):
@@ -171,7 +171,7 @@ class Selector(keras.layers.Layer):
     #: (False: S = 1). The layer plans attention from it (a shared selection may be folded), and
     #: raises when a selector with `per_head = False` returns H selections.
     per_head = False
-    #: Whether the selection runs outside TF's thread pools (a `tf.numpy_function`, as `ann`'s
+    #: Whether the selection runs outside TF's thread pools (a host callback, as `ann`'s
     #: Faiss search): the layer then starts attention after it, instead of letting TF's threads
     #: compete with it for the cores, which stalls the search's own threads.
     selects_outside_tf = False
@@ -219,12 +219,12 @@ class Selector(keras.layers.Layer):
             # Unknown N: one block, padded so top_k always has k columns.
             block_scores = self.scores(context, 0, num_keys)
             block_scores = masked_scores(block_scores, context.mask.block(0, num_keys))
-            static_shape = block_scores.shape[:3]
-            pad = tf.maximum(k - tf.shape(block_scores)[-1], 0)
-            block_scores = tf.pad(block_scores, [[0, 0], [0, 0], [0, 0], [0, pad]],
-                                  constant_values=-math.inf)
-            _, indices = tf.math.top_k(block_scores, k=k)
-            return tf.ensure_shape(indices, static_shape.concatenate([k]))  # [B, S, M, k]
+            static_shape = tuple(block_scores.shape[:3])
+            pad = ops.maximum(k - backend.dynamic_shape(block_scores)[-1], 0)
+            block_scores = ops.pad(block_scores, [[0, 0], [0, 0], [0, 0], [0, pad]],
+                                   constant_values=-math.inf)
+            _, indices = ops.top_k(block_scores, k=k)
+            return backend.ensure_shape(indices, static_shape + (k,))  # [B, S, M, k]
         return streamed_top_k(
             lambda start, stop: masked_scores(self.scores(context, start, stop), context.mask.block(start, stop)),
             num_keys, self._block_size(context, k), k, return_values=return_values,

@@ -1,4 +1,4 @@
-"""Exact top-k over long rows on the CPU, with a compiled kernel instead of `tf.math.top_k`.
+"""Exact top-k over long rows on the CPU, with a compiled kernel instead of TensorFlow's top-k.
 
 TF's CPU top-k pushes every element of a row through a heap, which made exact per-head
 selection (`dot`: B·H·M rows) cost more than the whole of Keras' dense attention at N = 4,096.
@@ -6,13 +6,14 @@ The kernel (`top_k_kernel.top_k_rows`) reads each row once, keeps only the score
 lower bound on the k-th largest, and sorts those, with the same result, ties included
 (per-row costs against TF's: benchmarks/NOTES.md, "CPU top-k").
 
-It runs outside TF's graph (through `tf.numpy_function` in a `tf.function`), so it is used
-only where that costs nothing: TF on the CPU, no XLA compilation, float32 or float64 scores.
+It runs outside TF's graph (through the TF backend's host callback in a TF graph), so it
+is used only where that costs nothing: TF on the CPU, no XLA compilation, float32 or float64
+scores. On JAX, XLA's own top-k runs instead.
 A call with at most `_SORT_MAX_SCORES` scores is ranked by a NumPy argsort instead, so small
 inputs never load Numba.
-Elsewhere `sdattn.selectors.top_k.grouped_top_k` runs in TF. `set_enabled(False)` (or the
+Elsewhere `sdattn.selectors.top_k.grouped_top_k` runs in `keras.ops`. `set_enabled(False)` (or the
 environment variable `SDATTN_CPU_TOP_K=0`) turns it off, for example before exporting a graph
-with `tf.saved_model`, which cannot hold Python code.
+as a TensorFlow SavedModel, which cannot hold Python code.
 """
 
 import functools
@@ -20,10 +21,10 @@ import importlib.util
 import math
 import os
 
+import keras
 import numpy as np
-import tensorflow as tf
 
-from sdattn import workers
+from sdattn import backend, workers
 
 # Below k·4 keys a row is short enough that TF's top_k costs little.
 _MIN_KEYS_PER_SLOT = 4
@@ -41,7 +42,7 @@ def set_enabled(enabled):
     """Turns the compiled kernel on or off for all later traces and eager calls.
 
     Args:
-        enabled: bool. Off, exact selection always runs `tf.math.top_k`-based code in TF.
+        enabled: bool. Off, exact selection always runs `keras.ops.top_k`-based code.
     """
     global _enabled
     _enabled = bool(enabled)
@@ -50,11 +51,6 @@ def set_enabled(enabled):
 def is_enabled():
     """Whether `set_enabled` (or `SDATTN_CPU_TOP_K`) leaves the kernel on."""
     return _enabled
-
-
-@functools.cache
-def _tf_sees_gpu():
-    return bool(tf.config.list_logical_devices("GPU"))
 
 
 @functools.cache
@@ -71,9 +67,10 @@ def _kernel():
 
 def available():
     """Whether the kernel may run in the graph being built (or eagerly): enabled, Numba
-    installed, TF sees no GPU (whose own top-k is fast), and no XLA compilation (which cannot
-    call Python)."""
-    return _enabled and not _tf_sees_gpu() and not in_xla_context() and _numba_installed()
+    installed, the backend is TF (JAX always compiles with XLA) and sees no GPU (whose own
+    top-k is fast), and no XLA compilation (which cannot call Python)."""
+    return (_enabled and backend.NAME == "tensorflow" and not backend.sees_accelerator()
+            and not backend.in_xla_context() and _numba_installed())
 
 
 def applies(scores, k):
@@ -88,21 +85,13 @@ def applies(scores, k):
         float32 or float64, TF sees no GPU (whose own top-k is fast), and the graph being
         built will not be compiled by XLA (which cannot call Python).
     """
-    num_keys = scores.shape[-1] if scores.shape.rank else None
+    num_keys = scores.shape[-1] if len(scores.shape) else None
     return (num_keys is not None and num_keys >= _MIN_KEYS_PER_SLOT * k
-            and scores.dtype in (tf.float32, tf.float64) and available())
+            and keras.backend.standardize_dtype(scores.dtype) in ("float32", "float64") and available())
 
 
-def in_xla_context():
-    """Whether the graph being built will be compiled by XLA (`jit_compile=True`), which
-    cannot call Python (`tf.numpy_function`)."""
-    try:
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # pragma: no cover - a TF without the helper: assume no XLA
-        return False
-    if tf.executing_eagerly():
-        return False
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+#: Whether the graph being built will be compiled by XLA, which cannot call Python.
+in_xla_context = backend.in_xla_context
 
 
 def _num_groups(num_keys, k):
@@ -114,7 +103,7 @@ def _num_groups(num_keys, k):
 
 
 def top_k_numpy(scores, k):
-    """The k largest scores of each row and their positions, as `tf.math.top_k` gives them.
+    """The k largest scores of each row and their positions, as TensorFlow's `top_k` gives them.
 
     Up to `_SORT_MAX_SCORES` scores are ranked by a stable argsort (`_sorted_top_k`); more go
     to the compiled kernel (`_compiled_top_k`).
@@ -157,8 +146,8 @@ def _compiled_top_k(rows, k):
 
 
 def top_k(scores, k):
-    """`top_k_numpy` as a TF op, with `tf.math.top_k`'s gradient: eagerly on the tensor's
-    buffer, or through `tf.numpy_function` inside a `tf.function`. Check `applies` first.
+    """`top_k_numpy` as a TF op, with TensorFlow's `top_k` gradient: eagerly on the tensor's
+    buffer, or through a host callback inside a TF graph (`sdattn.backend.tensorflow`). Check `applies` first.
 
     Args:
         scores: float tensor `[..., n]` with static n >= k.
@@ -167,24 +156,4 @@ def top_k(scores, k):
     Returns:
         `(values, indices)`, `[..., k]` each; the values' gradient flows to `scores` at `indices`.
     """
-    if tf.executing_eagerly():
-        values, indices = (tf.constant(part) for part in top_k_numpy(np.asarray(scores), k))  # np.asarray: no copy
-    else:
-        values, indices = tf.numpy_function(functools.partial(top_k_numpy, k=k), [scores],
-                                            [scores.dtype, tf.int32], stateful=False)
-        shape = scores.shape[:-1].concatenate([k])
-        values, indices = tf.ensure_shape(values, shape), tf.ensure_shape(indices, shape)
-
-    @tf.custom_gradient
-    def selected(scores):
-        def gradient(upstream):  # [..., k] → [..., n]: each slot's gradient at its position
-            num_keys = tf.shape(scores)[-1]
-            rows = tf.reshape(indices, [-1, k])  # [R, k]
-            positions = rows + tf.range(tf.shape(rows)[0])[:, None] * num_keys  # [R, k] in [0, R·n)
-            flat = tf.scatter_nd(tf.reshape(positions, [-1, 1]), tf.reshape(upstream, [-1]),
-                                 [tf.size(scores)])  # [R·n]
-            return tf.reshape(flat, tf.shape(scores))  # [..., n]
-
-        return tf.identity(values), gradient
-
-    return selected(scores), indices
+    return backend.cpu_top_k(scores, k, top_k_numpy)

@@ -1,7 +1,7 @@
 """The `dot` selector: exact per-head top-k of the scaled q·k, the reference strategy.
 With `top_k >= N` the layer is exact dense attention."""
 
-import tensorflow as tf
+from keras import ops
 
 from sdattn.selectors.base import Selector, register_selector
 
@@ -19,4 +19,4 @@ class DotSelector(Selector):
 
     def scores(self, context, start, stop):
         key_block = context.projected_key[:, start:stop]  # [B, n, H, kd]
-        return tf.einsum("bmhd,bnhd->bhmn", context.projected_query, key_block)  # [B, H, M, n]
+        return ops.einsum("bmhd,bnhd->bhmn", context.projected_query, key_block)  # [B, H, M, n]

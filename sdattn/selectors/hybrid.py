@@ -3,12 +3,15 @@ Window keys come first; dot fills the remaining slots with the best keys the win
 
 import math
 
-import tensorflow as tf
+from keras import ops
 
-from sdattn import arguments, budgets
+from sdattn import arguments, backend, budgets
 from sdattn.selectors.base import Selector, register_selector
 from sdattn.selectors.top_k import streamed_top_k
 from sdattn.selectors.window import WindowSelector
+
+# The lowest finite float32: forbidden keys rank below allowed ones, above taken ones (-inf).
+_FLOAT32_MIN = -3.4028234663852886e38
 
 @register_selector("hybrid", "A window of local keys plus the best remaining keys by q·k, per head.")
 class HybridSelector(Selector):
@@ -54,26 +57,26 @@ class HybridSelector(Selector):
         dot_indices = self._best_remaining(context, dot_slots, k, window_indices)  # [B, H, M, k - w]
         if window_indices is None:
             return dot_indices
-        target = tf.concat([tf.shape(dot_indices)[:3], [window_slots]], 0)
-        window_indices = tf.broadcast_to(tf.cast(window_indices, tf.int32), target)  # [B, H, M, w]
-        return tf.concat([window_indices, tf.cast(dot_indices, tf.int32)], axis=-1)  # [B, H, M, k]
+        target = backend.dynamic_shape(dot_indices)[:3] + (window_slots,)
+        window_indices = ops.broadcast_to(ops.cast(window_indices, "int32"), target)  # [B, H, M, w]
+        return ops.concatenate([window_indices, ops.cast(dot_indices, "int32")], axis=-1)  # [B, H, M, k]
 
     def scores(self, context, start, stop):
         """The dot part's relevance, scaled q·k per head: float `[B, H, M, stop - start]`."""
         key_block = context.projected_key[:, start:stop]  # [B, n, H, kd]
-        return tf.einsum("bmhd,bnhd->bhmn", context.projected_query, key_block)  # [B, H, M, n]
+        return ops.einsum("bmhd,bnhd->bhmn", context.projected_query, key_block)  # [B, H, M, n]
 
     def _ranked_block(self, context, start, stop, taken):
         """Dot scores of keys [start, stop) in three tiers: allowed > forbidden > taken by the window."""
-        block_scores = tf.cast(self.scores(context, start, stop), tf.float32)  # [B, H, M, n]
+        block_scores = ops.cast(self.scores(context, start, stop), "float32")  # [B, H, M, n]
         mask = context.mask.block(start, stop)
         if mask is not None:
-            block_scores = tf.where(mask, block_scores, tf.float32.min)
+            block_scores = ops.where(mask, block_scores, _FLOAT32_MIN)
         if taken is not None:
-            positions = tf.range(start, stop)
-            is_taken = tf.reduce_any(
-                tf.equal(tf.cast(taken, tf.int32)[..., :, None], positions), axis=-2)  # [B, 1|H, M, n]
-            block_scores = tf.where(is_taken, -math.inf, block_scores)
+            positions = ops.arange(start, stop, dtype="int32")
+            is_taken = ops.any(
+                ops.equal(ops.cast(taken, "int32")[..., :, None], positions), axis=-2)  # [B, 1|H, M, n]
+            block_scores = ops.where(is_taken, -math.inf, block_scores)
         return block_scores
 
     def _best_remaining(self, context, slots, k, taken):
@@ -83,18 +86,18 @@ class HybridSelector(Selector):
             # Unknown N: one block, padded to k columns so that k - w untaken columns always exist;
             # padded positions are >= N, which the layer marks invalid.
             block_scores = self._ranked_block(context, 0, num_keys, None)
-            static_shape = block_scores.shape[:3]
-            pad = tf.maximum(k - tf.shape(block_scores)[-1], 0)
-            block_scores = tf.pad(block_scores, [[0, 0], [0, 0], [0, 0], [0, pad]],
-                                  constant_values=tf.float32.min)
+            static_shape = tuple(block_scores.shape[:3])
+            pad = ops.maximum(k - backend.dynamic_shape(block_scores)[-1], 0)
+            block_scores = ops.pad(block_scores, [[0, 0], [0, 0], [0, 0], [0, pad]],
+                                   constant_values=_FLOAT32_MIN)
             if taken is not None:
                 # Marked after padding: the window part may have taken padding positions too.
-                positions = tf.range(tf.shape(block_scores)[-1])
-                is_taken = tf.reduce_any(
-                    tf.equal(tf.cast(taken, tf.int32)[..., :, None], positions), axis=-2)  # [B, 1|H, M, n']
-                block_scores = tf.where(is_taken, -math.inf, block_scores)
-            _, indices = tf.math.top_k(block_scores, k=slots)
-            return tf.ensure_shape(indices, static_shape.concatenate([slots]))  # [B, H, M, slots]
+                positions = ops.arange(backend.dynamic_shape(block_scores)[-1], dtype="int32")
+                is_taken = ops.any(
+                    ops.equal(ops.cast(taken, "int32")[..., :, None], positions), axis=-2)  # [B, 1|H, M, n']
+                block_scores = ops.where(is_taken, -math.inf, block_scores)
+            _, indices = ops.top_k(block_scores, k=slots)
+            return backend.ensure_shape(indices, static_shape + (slots,))  # [B, H, M, slots]
         block_size = self._block_size(context, k)
         comparisons = (math.prod(d or 0 for d in taken.shape[:-1]) * taken.shape[-1] * min(block_size, num_keys)
                        if taken is not None else 0)
@@ -108,14 +111,14 @@ class HybridSelector(Selector):
         fetched = min(slots + taken.shape[-1], num_keys)
         candidates = streamed_top_k(lambda start, stop: self._ranked_block(context, start, stop, None),
                                     num_keys, block_size, fetched, cpu_kernel=context.cpu_top_k)  # [B, H, M, f]
-        taken = tf.cast(taken, candidates.dtype)  # [B, 1|H, M, w]
-        is_taken = tf.reduce_any(tf.equal(candidates[..., :, None], taken[..., None, :]), axis=-1)  # [B, H, M, f]
+        taken = ops.cast(taken, candidates.dtype)  # [B, 1|H, M, w]
+        is_taken = ops.any(ops.equal(candidates[..., :, None], taken[..., None, :]), axis=-1)  # [B, H, M, f]
         # The j-th untaken candidate goes to slot j (j < slots; there are at least `slots`):
         # a one-hot placement keeps static shapes (XLA) and needs no sort (a top_k per row).
-        untaken = tf.logical_not(is_taken)
-        slot = tf.where(untaken, tf.cumsum(tf.cast(untaken, tf.int32), axis=-1) - 1, -1)  # [B, H, M, f]
-        placement = tf.one_hot(slot, slots, dtype=candidates.dtype)  # [B, H, M, f, slots]; -1 and >= slots: none
-        return tf.reduce_sum(placement * candidates[..., None], axis=-2)  # [B, H, M, slots]
+        untaken = ops.logical_not(is_taken)
+        slot = ops.where(untaken, ops.cumsum(ops.cast(untaken, "int32"), axis=-1) - 1, -1)  # [B, H, M, f]
+        placement = ops.one_hot(slot, slots, dtype=candidates.dtype)  # [B, H, M, f, slots]; -1 and >= slots: none
+        return ops.sum(placement * candidates[..., None], axis=-2)  # [B, H, M, slots]
 
     def get_config(self):
         config = super().get_config()

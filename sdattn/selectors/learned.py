@@ -3,25 +3,17 @@ It starts as head-averaged `dot` selection with a zero logit term, so training m
 
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from sdattn import arguments
+from sdattn import arguments, backend
 from sdattn.selectors.base import Selector, register_selector
 
 
 def _query_features(query, kernel):
     """`[B, M, Dq]` sparse or dense query times a `[Dq, r]` kernel: float32 `[B, M, r]`."""
-    if isinstance(query, tf.SparseTensor):
-        shape = tf.shape(query, out_type=tf.int64)
-        query_dim = kernel.shape[0]
-        # TF's sparse matmul covers float32/float64 only, so half-precision queries go via float32.
-        values = tf.cast(query.values, tf.float32)
-        flat_query = tf.sparse.reshape(tf.SparseTensor(query.indices, values, query.dense_shape),
-                                       tf.stack([shape[0] * shape[1], query_dim]))  # [B·M, Dq]
-        flat = tf.sparse.sparse_dense_matmul(flat_query, kernel)  # [B·M, r]
-        return tf.reshape(flat, tf.stack([tf.cast(shape[0], tf.int32), tf.cast(shape[1], tf.int32),
-                                          kernel.shape[1]]))  # [B, M, r]
-    return tf.einsum("bmd,dr->bmr", tf.cast(query, tf.float32), kernel)  # [B, M, r]
+    if backend.is_sparse(query):
+        return backend.sparse_matmul(backend.cast_sparse(query, "float32"), kernel)  # [B, M, r]
+    return ops.einsum("bmd,dr->bmr", ops.cast(query, "float32"), kernel)  # [B, M, r]
 
 
 @register_selector("learned", "Head-averaged q·k plus a trainable low-rank score, which also biases the logits.")
@@ -87,19 +79,19 @@ class LearnedSelector(Selector):
     def _factors(self, context):
         """`(x A [B, M, r], y B [B, N, r])` in float32, computed once per call."""
         if "learned_factors" not in context.cache:
-            query_kernel = tf.cast(self.query_factor, tf.float32)
-            key_kernel = tf.cast(self.key_factor, tf.float32)
+            query_kernel = ops.cast(self.query_factor, "float32")
+            key_kernel = ops.cast(self.key_factor, "float32")
             query_features = _query_features(context.query, query_kernel)  # [B, M, r]
-            key_features = tf.einsum("bnd,dr->bnr", tf.cast(context.key, tf.float32), key_kernel)  # [B, N, r]
+            key_features = ops.einsum("bnd,dr->bnr", ops.cast(context.key, "float32"), key_kernel)  # [B, N, r]
             context.cache["learned_factors"] = (query_features, key_features)
         return context.cache["learned_factors"]
 
     def scores(self, context, start, stop):
         query_features, key_features = self._factors(context)
-        key_block = tf.cast(context.projected_key[:, start:stop], tf.float32)  # [B, n, H, kd]
-        query = tf.cast(context.projected_query, tf.float32)  # [B, M, H, kd]
-        head_mean = tf.einsum("bmhd,bnhd->bmn", query, key_block) / float(context.num_heads)  # [B, M, n]
-        learned = tf.einsum("bmr,bnr->bmn", query_features, key_features[:, start:stop])  # [B, M, n]
+        key_block = ops.cast(context.projected_key[:, start:stop], "float32")  # [B, n, H, kd]
+        query = ops.cast(context.projected_query, "float32")  # [B, M, H, kd]
+        head_mean = ops.einsum("bmhd,bnhd->bmn", query, key_block) / float(context.num_heads)  # [B, M, n]
+        learned = ops.einsum("bmr,bnr->bmn", query_features, key_features[:, start:stop])  # [B, M, n]
         return (head_mean + learned)[:, None]  # [B, 1, M, n]
 
     def attention_bias(self, context, indices):
@@ -110,11 +102,11 @@ class LearnedSelector(Selector):
             indices: int32 `[B, S, M, k]` in-range key positions (invalid slots set to 0).
         """
         query_features, key_features = self._factors(context)
-        batch = tf.shape(indices)[0]
-        flat = tf.reshape(indices, tf.stack([batch, -1]))  # [B, S·M·k]
-        picked = tf.gather(key_features, flat, batch_dims=1)  # [B, S·M·k, r]
-        picked = tf.reshape(picked, tf.concat([tf.shape(indices), [self.rank]], 0))  # [B, S, M, k, r]
-        return tf.einsum("bmr,bsmkr->bsmk", query_features, picked)  # [B, S, M, k]
+        shape = backend.dynamic_shape(indices)
+        flat = ops.reshape(indices, (shape[0], -1))  # [B, S·M·k]
+        picked = backend.gather_batched(key_features, flat, 1)  # [B, S·M·k, r]
+        picked = ops.reshape(picked, shape + (self.rank,))  # [B, S, M, k, r]
+        return ops.einsum("bmr,bsmkr->bsmk", query_features, picked)  # [B, S, M, k]
 
     def get_config(self):
         config = super().get_config()

@@ -2,9 +2,9 @@
 A query sees the keys of its own bucket first, ranked by cosine, then the keys of the nearest buckets."""
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from sdattn import arguments
+from sdattn import arguments, backend
 from sdattn.selectors.base import register_selector
 from sdattn.selectors.cosine import CosineSelector
 
@@ -71,12 +71,12 @@ class LSHSelector(CosineSelector):
 
     def _flat_hyperplanes(self, dim):
         normals = self.hyperplanes(dim)  # [T, dim, bits]
-        return tf.constant(np.transpose(normals, (1, 0, 2)).reshape(dim, -1))  # [dim, T·bits]
+        return ops.convert_to_tensor(np.transpose(normals, (1, 0, 2)).reshape(dim, -1))  # [dim, T·bits]
 
     def _codes(self, projections, leading_shape):
         """±1 codes from projections onto the normals: `[..., T·bits]` → `[..., T, bits]`."""
-        signs = tf.where(projections >= 0, 1.0, -1.0)
-        return tf.reshape(signs, tf.concat([leading_shape, [self.num_tables, self.num_bits]], 0))  # [B, L, T, bits]
+        signs = ops.where(projections >= 0, 1.0, -1.0)
+        return ops.reshape(signs, tuple(leading_shape) + (self.num_tables, self.num_bits))  # [B, L, T, bits]
 
     def _query_codes(self, context):
         if "lsh_query_codes" in context.cache:
@@ -85,21 +85,16 @@ class LSHSelector(CosineSelector):
             query = context.query
             dim = int(query.shape[-1])
             normals = self._flat_hyperplanes(dim)
-            if isinstance(query, tf.SparseTensor):
-                shape = tf.shape(query, out_type=tf.int64)
-                values = tf.cast(query.values, tf.float32)
-                flat_query = tf.sparse.reshape(tf.SparseTensor(query.indices, values, query.dense_shape),
-                                               tf.stack([shape[0] * shape[1], dim]))  # [B·M, Dq]
-                projections = tf.sparse.sparse_dense_matmul(flat_query, normals)  # [B·M, T·bits]
-                leading = tf.cast(shape[:2], tf.int32)
+            if backend.is_sparse(query):
+                projections = backend.sparse_matmul(backend.cast_sparse(query, "float32"), normals)  # [B, M, T·bits]
             else:
-                projections = tf.einsum("bmd,dc->bmc", tf.cast(query, tf.float32), normals)  # [B, M, T·bits]
-                leading = tf.shape(query)[:2]
+                projections = ops.einsum("bmd,dc->bmc", ops.cast(query, "float32"), normals)  # [B, M, T·bits]
+            leading = backend.dynamic_shape(projections)[:2]
         else:
-            mean_query = tf.reduce_mean(tf.cast(context.projected_query, tf.float32), axis=2)  # [B, M, kd]
+            mean_query = ops.mean(ops.cast(context.projected_query, "float32"), axis=2)  # [B, M, kd]
             normals = self._flat_hyperplanes(int(mean_query.shape[-1]))
-            projections = tf.einsum("bmd,dc->bmc", mean_query, normals)  # [B, M, T·bits]
-            leading = tf.shape(mean_query)[:2]
+            projections = ops.einsum("bmd,dc->bmc", mean_query, normals)  # [B, M, T·bits]
+            leading = backend.dynamic_shape(mean_query)[:2]
         codes = self._codes(projections, leading)  # [B, M, T, bits]
         context.cache["lsh_query_codes"] = codes
         return codes
@@ -108,20 +103,20 @@ class LSHSelector(CosineSelector):
         """Smallest Hamming distance over the tables between query and key codes, float32 `[B, M, n]`."""
         query_codes = self._query_codes(context)  # [B, M, T, bits]
         if self._raw_space(context):
-            key_block = tf.cast(context.key[:, start:stop], tf.float32)  # [B, n, Dk]
+            key_block = ops.cast(context.key[:, start:stop], "float32")  # [B, n, Dk]
         else:
-            key_block = tf.reduce_mean(tf.cast(context.projected_key[:, start:stop], tf.float32), axis=2)  # [B, n, kd]
+            key_block = ops.mean(ops.cast(context.projected_key[:, start:stop], "float32"), axis=2)  # [B, n, kd]
         normals = self._flat_hyperplanes(int(key_block.shape[-1]))
-        projections = tf.einsum("bnd,dc->bnc", key_block, normals)  # [B, n, T·bits]
-        key_codes = self._codes(projections, tf.shape(key_block)[:2])  # [B, n, T, bits]
-        agreement = tf.einsum("bmtc,bntc->bmnt", query_codes, key_codes)  # [B, M, n, T]
+        projections = ops.einsum("bnd,dc->bnc", key_block, normals)  # [B, n, T·bits]
+        key_codes = self._codes(projections, backend.dynamic_shape(key_block)[:2])  # [B, n, T, bits]
+        agreement = ops.einsum("bmtc,bntc->bmnt", query_codes, key_codes)  # [B, M, n, T]
         hamming = (float(self.num_bits) - agreement) / 2.0
-        return tf.reduce_min(hamming, axis=-1)  # [B, M, n]
+        return ops.min(hamming, axis=-1)  # [B, M, n]
 
     def scores(self, context, start, stop):
-        cosine = tf.cast(super().scores(context, start, stop), tf.float32)  # [B, 1, M, n]
+        cosine = ops.cast(super().scores(context, start, stop), "float32")  # [B, 1, M, n]
         # In a graph, `cosine`'s sparse-norm path loses the static rank; restore it for top_k.
-        cosine = tf.ensure_shape(cosine, [None, 1, None, None])
+        cosine = backend.ensure_shape(cosine, [None, 1, None, None])
         distance = self.bucket_distance(context, start, stop)[:, None]  # [B, 1, M, n]
         return cosine - _BUCKET_STEP * distance
 

@@ -1,10 +1,12 @@
 """Top-k helpers for selection: exact top-k over masked scores, grouped and streamed over key blocks.
-Pure tensor functions; on the CPU the rows go through `cpu_top_k`'s compiled kernel."""
+Pure tensor functions on `keras.ops`; on TF's CPU the rows go through `cpu_top_k`'s compiled kernel."""
 
 import math
 
-import tensorflow as tf
+import keras
+from keras import ops
 
+from sdattn import backend
 from sdattn.selectors import cpu_top_k
 
 # Blocks reduced to their top-k before they are merged into the running top-k: one top-k over
@@ -14,7 +16,7 @@ _MERGE_EVERY = 8
 
 
 def grouped_top_k(scores, k, group_size=None):
-    """Exact top-k over the last axis in two cheap stages instead of one long `tf.math.top_k`.
+    """Exact top-k over the last axis in two cheap stages instead of one long `top_k`.
 
     Keys are cut into groups of `group_size`; the k groups with the largest maxima contain
     every top-k element (each top-k element's group has a maximum at least as large as the
@@ -34,22 +36,22 @@ def grouped_top_k(scores, k, group_size=None):
     if group_size is None:
         group_size = 2 ** max(0, round(math.log2(math.sqrt(max(num_keys, 1) / max(k, 1)))))
     num_groups = -(-num_keys // group_size)
-    if group_size < 2 or num_groups < 2 * k or scores.shape.rank is None:
-        return tf.math.top_k(scores, k=k)
+    # Elsewhere than TF's CPU one long top-k is fast already (XLA's and the GPUs' sort).
+    if group_size < 2 or num_groups < 2 * k or len(scores.shape) == 0 or backend.NAME != "tensorflow":
+        return ops.top_k(scores, k=k)
+    rank = len(scores.shape)
     padding = num_groups * group_size - num_keys
     if padding:
-        scores = tf.pad(scores, [[0, 0]] * (scores.shape.rank - 1) + [[0, padding]],
-                        constant_values=-math.inf)
-    leading = tf.shape(scores)[:-1]
-    grouped = tf.reshape(scores, tf.concat([leading, [num_groups, group_size]], 0))  # [..., G, g]
-    _, top_groups = tf.math.top_k(tf.reduce_max(grouped, axis=-1), k=k, sorted=False)  # [..., k]
+        scores = ops.pad(scores, [[0, 0]] * (rank - 1) + [[0, padding]], constant_values=-math.inf)
+    leading = backend.dynamic_shape(scores)[:-1]
+    grouped = ops.reshape(scores, leading + (num_groups, group_size))  # [..., G, g]
+    _, top_groups = ops.top_k(ops.max(grouped, axis=-1), k=k, sorted=False)  # [..., k]
     # Candidates in increasing key order, so that the final top-k breaks ties by lower index.
-    top_groups = tf.sort(top_groups, axis=-1)
-    batch_dims = scores.shape.rank - 1
-    candidates = tf.gather(grouped, top_groups, batch_dims=batch_dims)  # [..., k, g]
-    candidates = tf.reshape(candidates, tf.concat([leading, [k * group_size]], 0))  # [..., k·g]
-    values, positions = tf.math.top_k(candidates, k=k)
-    indices = tf.gather(top_groups, positions // group_size, batch_dims=batch_dims) * group_size + positions % group_size
+    top_groups = ops.sort(top_groups, axis=-1)
+    candidates = backend.gather_batched(grouped, top_groups, rank - 1)  # [..., k, g]
+    candidates = ops.reshape(candidates, leading + (k * group_size,))  # [..., k·g]
+    values, positions = ops.top_k(candidates, k=k)
+    indices = backend.gather_batched(top_groups, positions // group_size, rank - 1) * group_size + positions % group_size
     return values, indices
 
 
@@ -57,7 +59,7 @@ def masked_scores(scores, mask):
     """Scores with masked keys at `-inf` (mask None: unchanged)."""
     if mask is None:
         return scores
-    return tf.where(mask, scores, tf.constant(-math.inf, scores.dtype))
+    return ops.where(mask, scores, ops.cast(-math.inf, scores.dtype))
 
 
 def streamed_top_k(block_scores, num_keys, block_size, k, return_values=False, cpu_kernel=True):
@@ -87,8 +89,7 @@ def streamed_top_k(block_scores, num_keys, block_size, k, return_values=False, c
         stop = min(start + block_size, num_keys)
         # In a graph every block is ready at once; without this dependency TF may compute all
         # blocks' scores before reducing any, and memory would grow with N after all.
-        with tf.control_dependencies(pending_values[-1:]):
-            scores = block_scores(start, stop)
+        scores = backend.ordered(pending_values[-1:], lambda: block_scores(start, stop))
         values, indices = masked_top_k(scores, min(k, stop - start), cpu_kernel=cpu_kernel)
         pending_values.append(values)
         pending_indices.append(indices + start)
@@ -104,10 +105,10 @@ def _merged_top_k(values, indices, k, cpu_kernel=True):
     order: `(values, positions)`, `[B, S, M, min(k, Σ k_i)]` each."""
     if len(values) == 1:
         return values[0], indices[0]
-    merged_values = tf.concat(values, axis=-1)  # [B, S, M, Σ k_i]
-    merged_indices = tf.concat(indices, axis=-1)  # [B, S, M, Σ k_i]
+    merged_values = ops.concatenate(values, axis=-1)  # [B, S, M, Σ k_i]
+    merged_indices = ops.concatenate(indices, axis=-1)  # [B, S, M, Σ k_i]
     best_values, order = masked_top_k(merged_values, min(k, merged_values.shape[-1]), cpu_kernel=cpu_kernel)
-    return best_values, tf.gather(merged_indices, order, batch_dims=3)
+    return best_values, backend.gather_batched(merged_indices, order, 3)
 
 
 def masked_top_k(scores, k, mask=None, cpu_kernel=True):
@@ -120,7 +121,7 @@ def masked_top_k(scores, k, mask=None, cpu_kernel=True):
         scores: float `[B, S, M, n]` relevance scores.
         k: Python int, at most n.
         mask: bool tensor broadcastable to `scores`, or None.
-        cpu_kernel: allow `cpu_top_k`'s compiled kernel where it applies (False: TF ops only).
+        cpu_kernel: allow `cpu_top_k`'s compiled kernel where it applies (False: `keras.ops` only).
 
     Returns:
         `(values, indices)`, each `[B, S', M, k]` (S' = S broadcast with the mask's heads);
@@ -128,8 +129,14 @@ def masked_top_k(scores, k, mask=None, cpu_kernel=True):
         on ties.
     """
     scores = masked_scores(scores, mask)
+    dtype = keras.backend.standardize_dtype(scores.dtype)
+    if backend.NAME == "jax" and dtype in ("bfloat16", "float16"):
+        # XLA's CPU top-k is 40× slower on half precision (1,024 rows of 4,096); the float32
+        # copy is exact, so the ranking and its ties are the same.
+        values, indices = masked_top_k(ops.cast(scores, "float32"), k, cpu_kernel=cpu_kernel)
+        return ops.cast(values, dtype), indices
     if scores.shape[-1] is None:
-        return tf.math.top_k(scores, k=k)
+        return ops.top_k(scores, k=k)
     if cpu_kernel and cpu_top_k.applies(scores, k):
         return cpu_top_k.top_k(scores, k)
     return grouped_top_k(scores, k)

@@ -10,7 +10,7 @@ import numpy as np
 
 @numba.njit(nogil=True, cache=True)
 def top_k_rows(scores, k, num_groups, values, indices):
-    """Writes each row's k largest scores and their positions, exactly as `tf.math.top_k` orders
+    """Writes each row's k largest scores and their positions, exactly as TensorFlow's `top_k` orders
     them: by decreasing score, the lower position first on ties.
 
     Per row, in one pass that reads the row from memory once:

@@ -1,7 +1,9 @@
 """The `window` selector: the k keys nearest the query's proportional position (local attention).
 Shared by all heads; equidistant keys go to the lower index."""
 
-import tensorflow as tf
+from keras import ops
+
+from sdattn import backend
 
 from sdattn.selectors.base import Selector, register_selector
 
@@ -16,13 +18,34 @@ class WindowSelector(Selector):
     """
 
     def scores(self, context, start, stop):
-        num_queries = tf.cast(context.num_queries, tf.float64)
-        num_keys = tf.cast(context.num_keys, tf.float64)
-        query_position = tf.range(num_queries, dtype=tf.float64)
-        centre = tf.round(query_position * (num_keys - 1.0) / tf.maximum(num_queries - 1.0, 1.0))  # [M]
-        key_position = tf.range(start, stop, dtype=tf.float64)  # [n]
-        distance = tf.abs(key_position[None, :] - centre[:, None])  # [M, n]
-        batch = tf.shape(context.key)[0]
+        centre = self._centres(context)  # [M]
+        key_position = ops.arange(start, stop, dtype="int32")  # [n]
         # float32 even under float16 policies: distances up to N must stay distinct.
-        negative_distance = tf.cast(-distance, tf.float32)[None, None]  # [1, 1, M, n]
-        return tf.tile(negative_distance, [batch, 1, 1, 1])  # [B, 1, M, n]
+        negative_distance = ops.cast(-ops.abs(key_position[None, :] - centre[:, None]), "float32")  # [M, n]
+        batch = backend.dynamic_shape(context.key)[0]
+        num_queries = backend.dynamic_shape(context.projected_query)[1]
+        return ops.broadcast_to(negative_distance[None, None], (batch, 1, num_queries, stop - start))  # [B, 1, M, n]
+
+    @staticmethod
+    def _centres(context):
+        """round_half_even(i·(N−1) / max(M−1, 1)) for each query i, in int32 arithmetic.
+
+        Exact where a float32 ratio would not be (JAX has no float64 by default): with
+        N−1 = a·d + r (d = max(M−1, 1)), i·(N−1) = i·a·d + i·r, and only i·r < M² is divided.
+        """
+        num_queries, num_keys = context.num_queries, context.num_keys
+        if isinstance(num_queries, int) and isinstance(num_keys, int):
+            divisor = max(num_queries - 1, 1)  # Python ints: static shapes stay static
+            whole, remainder = divmod(num_keys - 1, divisor)
+        else:  # a TF graph with unknown M or N
+            num_queries = ops.cast(num_queries, "int32")
+            divisor = ops.maximum(num_queries - 1, 1)
+            whole, remainder = ops.floor_divide(num_keys - 1, divisor), ops.mod(num_keys - 1, divisor)
+        query_position = ops.arange(num_queries, dtype="int32")  # [M]
+        carried = query_position * remainder  # [M], below M²
+        quotient = query_position * whole + ops.floor_divide(carried, divisor)
+        twice_left = 2 * ops.mod(carried, divisor)
+        # Half-way rounds to the even neighbour, as Python's `round` does.
+        rounds_up = ops.logical_or(twice_left > divisor,
+                                   ops.logical_and(twice_left == divisor, ops.mod(quotient, 2) == 1))
+        return quotient + ops.cast(rounds_up, "int32")  # [M]

@@ -1,5 +1,5 @@
 """The `ann` selector: approximate nearest-neighbour key selection through a Faiss index.
-Shared by all heads; one index per key set, cached by content, searched outside the TF graph."""
+Shared by all heads; one index per key set, cached by content, searched on the host (outside the graph)."""
 
 import collections
 import math
@@ -9,9 +9,9 @@ import warnings
 
 import numpy as np
 import xxhash
-import tensorflow as tf
+from keras import ops
 
-from sdattn import budgets, workers
+from sdattn import backend, budgets, workers
 from sdattn import arguments
 from sdattn.selectors.base import Selector, register_selector
 from sdattn.selectors.cosine import CosineSelector
@@ -157,9 +157,10 @@ class AnnSelector(Selector):
     candidates than it could have is answered by an exact search over its allowed keys, so a
     slot is only empty when fewer than k keys are allowed at all. Masked query rows get -1.
 
-    Selection runs outside the TF graph: eagerly in NumPy, or through `tf.numpy_function`
-    inside `tf.function` (it then cannot be compiled with XLA, and gives no gradient, as no
-    selection does). With a GPU that Faiss sees, IVF and exact indexes move to it.
+    Selection runs outside the graph, on the host: eagerly in NumPy, or through the backend's
+    host callback (`sdattn.backend.host_callback`: TF's `numpy_function` inside a TF graph,
+    JAX's `pure_callback` under jit); on TF it then cannot be compiled with XLA, and it gives
+    no gradient, as no selection does. With a GPU that Faiss sees, IVF and exact indexes move to it.
 
     Args:
         metric: `"cosine"` (rows are L2-normalised) or `"ip"` (raw inner product).
@@ -197,7 +198,7 @@ class AnnSelector(Selector):
         **kwargs: base `Selector` / `keras.layers.Layer` arguments.
     """
 
-    # Faiss searches in a numpy_function. (At most `exact_threshold` keys the search runs in TF,
+    # Faiss searches in a host callback. (At most `exact_threshold` keys the search runs in TF,
     # where the ordering costs nothing either.)
     selects_outside_tf = True
 
@@ -224,7 +225,13 @@ class AnnSelector(Selector):
         # The small-N exact fallback in TF (same cosine, same epsilon, same tie order).
         self._exact_cosine = CosineSelector(epsilon=self.epsilon)
 
-    # ---- TF side ------------------------------------------------------------------------
+    def build(self, query_shape=None, key_shape=None, num_heads=None, key_dim=None):
+        # The exact fallback has no weights; built with this selector, so that Keras (JAX's
+        # `predict`, which builds any unbuilt layer on a batch first) finds every layer built.
+        self._exact_cosine.build(query_shape, key_shape, num_heads, key_dim)
+        self.built = True
+
+    # ---- graph side ---------------------------------------------------------------------
 
     def _raw_space(self, context):
         return context.query.shape[-1] is not None and context.query.shape[-1] == context.key.shape[-1]
@@ -252,21 +259,22 @@ class AnnSelector(Selector):
         if self._raw_space(context):
             keys = context.key  # [B, N, Dk]
         else:
-            query = tf.reduce_mean(context.projected_query, axis=2)  # [B, M, kd]
-            keys = tf.reduce_mean(context.projected_key, axis=2)  # [B, N, kd]
-        keys = tf.stop_gradient(tf.cast(keys, tf.float32))
-        if isinstance(query, tf.SparseTensor):
-            query_parts = [query.indices, tf.stop_gradient(tf.cast(query.values, tf.float32)),
-                           tf.cast(query.dense_shape, tf.int64)]
+            query = ops.mean(context.projected_query, axis=2)  # [B, M, kd]
+            keys = ops.mean(context.projected_key, axis=2)  # [B, N, kd]
+        keys = ops.stop_gradient(ops.cast(keys, "float32"))
+        sparse = backend.is_sparse(query)
+        if sparse:
+            query_parts = [backend.sparse_indices(query),
+                           ops.stop_gradient(ops.cast(backend.sparse_values(query), "float32")),
+                           backend.sparse_dense_shape(query)]
         else:
-            query_parts = [tf.stop_gradient(tf.cast(query, tf.float32))]
+            query_parts = [ops.stop_gradient(ops.cast(query, "float32"))]
         mask = context.mask
         optional = {"key_mask": mask.key_mask, "query_mask": mask.query_mask,
                     "attention_mask": mask.attention_mask}
         present = [name for name, tensor in optional.items() if tensor is not None]
-        inputs = query_parts + [keys] + [tf.cast(optional[name], tf.bool) for name in present]
+        inputs = query_parts + [keys] + [ops.cast(optional[name], "bool") for name in present]
         causal = bool(mask.causal)
-        sparse = isinstance(query, tf.SparseTensor)
 
         def search(*arrays, fingerprints=None):
             arrays = list(arrays)
@@ -283,20 +291,19 @@ class AnnSelector(Selector):
             return self.search_numpy(dense_query, rest[0], k, causal=causal, **named)
 
         mask_heads = mask.num_mask_heads  # 1, H, or None when unknown
-        if tf.executing_eagerly():
-            # np.asarray shares the tensor's buffer; tf.numpy_function would copy the keys
-            # (2 GB at N = 1M), which is exactly the memory the fast path exists to save.
-            selected = tf.constant(search(*[np.asarray(tensor) for tensor in inputs]))
-        else:
-            # The content hash needs the keys only: as an op of its own it runs while the query
-            # side (densifying, projection) is still being computed.
-            hash_inputs = [keys] + ([tf.cast(mask.key_mask, tf.bool)] if mask.key_mask is not None else [])
-            fingerprints = tf.numpy_function(_fingerprint_rows, hash_inputs, tf.uint8, stateful=False)  # [B, 16]
-            selected = tf.numpy_function(lambda *arrays: search(*arrays[:-1], fingerprints=arrays[-1]),
-                                         inputs + [fingerprints], tf.int32, stateful=False)
         batch = keys.shape[0]
         num_queries = context.num_queries if isinstance(context.num_queries, int) else None
-        return tf.ensure_shape(selected, (batch, mask_heads, num_queries, k))  # [B, S, M, k]
+        selected_shape = (batch, mask_heads, num_queries, k)  # [B, S, M, k]
+        if backend.executing_eagerly():
+            # On the tensors' own buffers: a graph callback would copy the keys (2 GB at
+            # N = 1M), which is exactly the memory the fast path exists to save.
+            return backend.host_callback(search, inputs, "int32", selected_shape)
+        # The content hash needs the keys only: as an op of its own it runs while the query
+        # side (densifying, projection) is still being computed.
+        hash_inputs = [keys] + ([ops.cast(mask.key_mask, "bool")] if mask.key_mask is not None else [])
+        fingerprints = backend.host_callback(_fingerprint_rows, hash_inputs, "uint8", (batch, 16))  # [B, 16]
+        return backend.host_callback(lambda *arrays: search(*arrays[:-1], fingerprints=arrays[-1]),
+                                     inputs + [fingerprints], "int32", selected_shape)  # [B, S, M, k]
 
     # ---- NumPy side -----------------------------------------------------------------------
 
@@ -437,7 +444,7 @@ class AnnSelector(Selector):
             if item_mask is not None:
                 allowed &= item_mask[head][rows[:, None], safe_candidates]
             ranked = np.where(allowed, scores, -np.inf)
-            # Sort by decreasing score, then by increasing position (as `tf.math.top_k` ties).
+            # Sort by decreasing score, then by increasing position (as TensorFlow's `top_k` ties).
             order = np.lexsort((safe_candidates, -ranked), axis=-1)[:, :k]
             chosen = np.take_along_axis(safe_candidates, order, axis=-1)
             chosen_allowed = np.take_along_axis(allowed, order, axis=-1)
@@ -454,7 +461,7 @@ class AnnSelector(Selector):
     @staticmethod
     def _ties_by_position(scores, candidates):
         """Candidates `[r, k]` sorted by decreasing score already, equal scores put in
-        increasing position (as `tf.math.top_k` breaks ties); only rows with a tie are sorted."""
+        increasing position (as TensorFlow's `top_k` breaks ties); only rows with a tie are sorted."""
         tied = np.flatnonzero((scores[:, 1:] == scores[:, :-1]).any(axis=-1))
         if tied.size:
             candidates = candidates.copy()
