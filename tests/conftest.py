@@ -28,6 +28,9 @@ CHROMIUM = os.environ.get("SDATTN_CHROMIUM", "/usr/bin/chromium")
 # --headless and --no-sandbox: CI containers run as root without a display.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox"]
 SERVER_START_TIMEOUT_S = 90  # the app imports TensorFlow before it answers
+# The process id of each live server, by base URL: tests that measure the server's memory read
+# /proc/<pid>/status.
+SERVER_PIDS: dict[str, int] = {}
 
 
 def _free_port() -> int:
@@ -66,10 +69,12 @@ def _serve_app(log_dir: pathlib.Path):
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
+    SERVER_PIDS[url] = process.pid
     try:
         _wait_until_healthy(url, process, log_path)
         yield url
     finally:
+        SERVER_PIDS.pop(url, None)
         process.terminate()
         try:
             process.wait(timeout=10)

@@ -17,7 +17,6 @@ import os
 import pathlib
 import tempfile
 import threading
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ import streamlit as st
 
 import sdattn
 from sdattn import inputs
+from sdattn.inputs import safe_zip
 from ui import params
 from ui.runner import InputSpec, LayerSource, register_layer
 from ui.text import literal, shorten
@@ -203,9 +203,10 @@ def _model_message(name: str, error: Exception) -> str:
 def _model(name: str, digest: str, _payload: bytes) -> ModelFile:
     """`keras.saving.load_model(..., safe_mode=True)`; raises `SourceError` with the reason."""
     try:
-        with zipfile.ZipFile(io.BytesIO(_payload)) as archive:
-            members = set(archive.namelist())
-    except Exception:  # BadZipFile, and the odd ValueError or EOFError of a damaged directory
+        members = set(_zip_directory(name, _payload))
+    except inputs.InputError as error:
+        if "not a readable .npz archive" not in str(error):  # a zip, but over a limit
+            raise SourceError(literal(error, None)) from None
         members = set()
     if "config.json" not in members:
         raise SourceError(f"{literal(name)} is not a Keras archive: a `.keras` file is a zip "
@@ -285,12 +286,15 @@ def _run_model_to_layer(model_file: ModelFile, path: str, layer, example: inputs
 def _key_array(blob: Blob):
     """Keys from a `.npz` key file (one array, or a member named value/keys/key/embeddings)."""
     budget = inputs.Budget()
+    stream = io.BytesIO(blob.payload)
     try:
-        with zipfile.ZipFile(io.BytesIO(blob.payload)) as archive:
-            infos = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
-    except zipfile.BadZipFile:
-        raise SourceError(f"{literal(blob.name)} is not a .npz archive (expected the keys "
-                          "saved with `numpy.savez`).") from None
+        archive = safe_zip.SafeArchive(stream, len(blob.payload), blob.name, budget)
+    except inputs.InputError as error:
+        if "not a readable .npz archive" in str(error):
+            raise SourceError(f"{literal(blob.name)} is not a .npz archive (expected the keys "
+                              "saved with `numpy.savez`).") from None
+        raise SourceError(literal(error, None)) from None
+    infos = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
     for wanted in ("value", "keys", "key", "embeddings", "vectors"):
         if wanted in infos:
             member = wanted
@@ -305,13 +309,15 @@ def _key_array(blob: Blob):
     if infos[member].file_size > 4 * budget.max_dense_floats + 4096:
         raise SourceError(f"{literal(blob.name)}: the keys are larger than the app's budget "
                           f"of {budget.max_dense_floats:,} floats.")
-    try:
-        with np.load(io.BytesIO(blob.payload), allow_pickle=False) as archive:
-            array = np.asarray(archive[member])
-    except Exception as error:  # object arrays (pickles), truncated members, bad headers
+    try:  # bounded: declared sizes, the dtype allow-list and the byte budget, never a pickle
+        return archive.read_array(infos[member].filename, f"{blob.name}, array {member!r}",
+                                  kinds="biuf", max_elements=budget.max_dense_floats,
+                                  budget_setting="max_dense_floats")
+    except inputs.InputError as error:
+        raise SourceError(literal(error, None)) from None
+    except Exception as error:  # a damaged member
         raise SourceError(f"{literal(blob.name)}: cannot read array {literal(member)} "
                           f"({literal(shorten(error, 160), None)}).") from error
-    return array
 
 
 def parse_labels(blob: Blob) -> list[str]:
@@ -468,11 +474,18 @@ def compose(files: dict[str, Blob], layer_choice: str | None = None) -> Loaded:
                   notices=notices, generated_keys=generated, bundle=bundle_blob)
 
 
+def _zip_directory(name: str, payload: bytes) -> dict:
+    """The upload's zip directory, read by `sdattn.inputs.safe_zip` (never `zipfile`, which
+    builds an object per member before anyone can count them); `InputError` past its limits."""
+    return safe_zip.read_zip_directory(io.BytesIO(payload), len(payload), name, inputs.Budget())
+
+
 def _members(blob: Blob) -> set[str]:
+    """Member names without `.npy`; empty when the file is no readable archive (the loader then
+    says why)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(blob.payload)) as archive:
-            return {name.removesuffix(".npy") for name in archive.namelist()}
-    except zipfile.BadZipFile:
+        return {name.removesuffix(".npy") for name in _zip_directory(blob.name, blob.payload)}
+    except inputs.InputError:
         return set()
 
 
