@@ -242,9 +242,14 @@ def test_slow_phases_show_a_status_and_out_of_range_values_are_corrected(page, a
     }).observe(document.body, {subtree: true, childList: true, characterData: true})""")
     wait_for_views(page)
     page.wait_for_timeout(500)
-    shown = " | ".join(statuses) + page.locator("[data-testid='stMain']").inner_text()
-    assert "Running dot top-33 attention" in shown
-    assert re.search(r"Running dot top-33 attention done in \d+\.\d s", shown)
+    main = page.locator("[data-testid='stMain']").inner_text()
+    shown = " | ".join(statuses) + main
+    # The status appears once a call passes 0.8 s; every call over 1 s must have shown it (how
+    # long this one takes depends on the machine, so read what the page reports it took).
+    call_ms = int(re.search(r"Layer call: ([\d,]+) ms", main).group(1).replace(",", ""))
+    if call_ms >= 1000:
+        assert "Running dot top-33 attention" in shown
+        assert re.search(r"Running dot top-33 attention done in \d+\.\d s", shown)
 
     page.goto(app_url)
     wait_for_views(page)
