@@ -16,10 +16,11 @@ MAX_GROWTH_BYTES = 2**30
 # One case of every class in issue 17's "Why" that an upload can reach (the 200 MB upload cap
 # keeps files over it out before the loader sees them): zip methods, lying and declared sizes,
 # npy headers, long strings, bytes-not-elements, dense non-zeros, member counts, text floods.
-BROWSER_CASES = ("bzip2_bomb", "lzma_bomb", "deflate_bomb_lying", "npz_header_length_bomb",
-                 "bundle_long_strings_bomb", "bundle_int64_members", "dense_all_true",
-                 "many_members", "csv_many_lines", "csv_newlines", "mtx_long_line",
-                 "csv_keys_long_line")
+BROWSER_CASES = ("bzip2_bomb", "lzma_bomb", "deflate_bomb_lying", "npy_header_length",
+                 "npz_header_length_bomb", "bundle_long_strings_bomb", "bundle_complex_value",
+                 "bundle_int64_members", "dense_all_true", "many_members", "csv_many_lines",
+                 "csv_long_line", "csv_newlines", "mtx_many_lines", "mtx_long_line",
+                 "mtx_newlines", "csv_keys_long_line")
 
 
 def _status_kib(pid: int, field: str) -> int:
