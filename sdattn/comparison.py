@@ -244,6 +244,31 @@ def run_selector(example, selector, top_k, num_heads, key_dim, seed=0, weights=N
     layer(query, value, **masks)
     layer.set_weights(weights[:8] + (trained_weights or layer.get_weights()[8:]))
 
+    return measure_layer(example, layer, dense, label=label or _default_label(selector),
+                         top_k=top_k, key_dim=key_dim, repeats=repeats)
+
+
+def measure_layer(example, layer, dense, *, label, top_k, key_dim, repeats=3):
+    """Calls a built layer on an example and measures it against exact dense attention.
+
+    `run_selector` builds its layer from a selector and weights; a caller holding a trained
+    layer (the app's "From your layer") passes that layer instead.
+
+    Args:
+        example: an `sdattn.inputs.Example`.
+        layer: a built `SparseDenseMultiHeadAttention` whose attention weights `dense` used.
+        dense: the `DenseReference` of the same example and weights.
+        label: the run's name in tables and figures.
+        top_k: the k reported for the run.
+        key_dim: the key_dim reported for the run.
+        repeats: timed calls after the measured one (0: no timing, `time_ms` is NaN).
+
+    Returns:
+        A `SelectorRun`.
+    """
+    query = example.to_sparse_tensor()
+    value = tf.constant(example.value)
+    masks = dict(query_mask=tf.constant(example.query_mask), value_mask=tf.constant(example.value_mask))
     output, scores, indices = layer(query, value, return_attention_scores=True, **masks)
     durations = []
     for _ in range(repeats):
@@ -261,7 +286,7 @@ def run_selector(example, selector, top_k, num_heads, key_dim, seed=0, weights=N
         truth_recall = metrics.ground_truth_recall(indices, example.ground_truth)
         truth_recall = np.where(query_valid[:, None, :], truth_recall, np.nan)
     return SelectorRun(
-        label=label or _default_label(selector),
+        label=label,
         selector=selectors_lib.serialize(layer.selector),
         per_head=bool(type(layer.selector).per_head),
         top_k=top_k,

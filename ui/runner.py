@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import statistics
 import threading
 import time
 from collections import OrderedDict
@@ -16,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 import sdattn
-from sdattn import comparison, inputs, metrics, reference
+from sdattn import comparison, inputs, reference
 from sdattn import selectors as selectors_lib
 from sdattn import weights as weights_lib
 from ui import params
@@ -448,43 +446,13 @@ def _trained_layer_runs(spec: InputSpec, item: int, settings: ModelSettings,
                         selectors: tuple[str, ...], example: inputs.Example, *,
                         repeats: int) -> list[comparison.SelectorRun]:
     """What `comparison.run_selectors` measures, for selectors run in a rebuilt trained layer."""
-    import tensorflow as tf
-
     single = example.item(item)
     source = registered_layer(settings.layer)
     dense = comparison.dense_reference(single, _layer_mha_weights(source))
-    query = single.to_sparse_tensor()
-    value = tf.constant(single.value)
-    masks = dict(query_mask=tf.constant(single.query_mask),
-                 value_mask=tf.constant(single.value_mask))
-    query_valid = np.asarray(single.query_mask, bool)  # [B, M]
-    runs = []
-    for name in selectors:
-        layer = get_layer(spec, dataclasses.replace(settings, selector=name), example)
-        output, scores, indices = layer(query, value, return_attention_scores=True, **masks)
-        durations = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            layer(query, value, **masks)
-            durations.append((time.perf_counter() - started) * 1e3)
-        indices = np.asarray(indices).astype(np.int32)  # [B, H, M, k]
-        output = np.asarray(output)
-        error = np.where(query_valid, metrics.output_relative_error(output, dense.output), np.nan)
-        truth = None
-        if single.ground_truth is not None:
-            truth = metrics.ground_truth_recall(indices, single.ground_truth)
-            truth = np.where(query_valid[:, None, :], truth, np.nan)
-        runs.append(comparison.SelectorRun(
-            label=name, selector=selectors_lib.serialize(layer.selector),
-            per_head=bool(type(layer.selector).per_head), top_k=settings.top_k,
-            key_dim=source.key_dim, indices=indices, scores=np.asarray(scores), output=output,
-            recall=metrics.recall_at_k(indices, dense.logits, mask=dense.mask,
-                                       tie_tolerance=comparison._TIE_TOLERANCE),
-            mass=metrics.attention_mass_captured(indices, dense.weights, mask=dense.mask),
-            output_error=error, ground_truth_recall=truth,
-            head_agreement=metrics.mean_head_agreement(indices),
-            time_ms=statistics.median(durations) if durations else math.nan, dense=dense))
-    return runs
+    return [comparison.measure_layer(
+        single, get_layer(spec, dataclasses.replace(settings, selector=name), example), dense,
+        label=name, top_k=settings.top_k, key_dim=source.key_dim, repeats=repeats)
+        for name in selectors]
 
 
 def run_result(run: comparison.SelectorRun) -> RunResult:
