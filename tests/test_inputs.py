@@ -856,3 +856,10 @@ def test_committed_samples_load():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # loading the committed samples needs no conversion
         load_inputs(SAMPLES / "queries.mtx", keys=keys)
+
+
+def test_validate_example_names_a_wrong_dtype_with_an_input_error():
+    example = generate_inputs("bag_of_words", seed=0)
+    example.value = example.value.astype(np.complex64)  # [B, N, D], not float
+    with pytest.raises(InputError, match=r"value has dtype complex64; expected float"):
+        validate_example(example)

@@ -350,7 +350,9 @@ def _checked_array(array, name: str, kinds: str, *, ndim: int) -> np.ndarray:
     if not isinstance(array, np.ndarray):
         raise InputError(f"{name} is a {type(array).__name__}; expected a numpy array")
     if array.dtype.kind not in kinds:
-        raise InputError(f"{name} has dtype {array.dtype}; expected {_kinds_for_message(kinds)}")
+        from sdattn.inputs.npy import kinds_for_message  # npy imports this module
+
+        raise InputError(f"{name} has dtype {array.dtype}; expected {kinds_for_message(kinds)}")
     if array.ndim != ndim:
         raise InputError(f"{name} has {array.ndim} dimensions (shape {array.shape}); expected {ndim}")
     return array
