@@ -40,17 +40,15 @@ from sdattn.inputs.example import (
 from sdattn.inputs.generators import (
     _int_param,
     _json_ready,
-    generate_inputs,
 )
 from sdattn.inputs.npy import (
     MAX_STRING_ITEMSIZE,
     ByteAllowance,
     check_finite,
     count_nonzero,
-    kinds_for_message as _kinds_for_message,
     read_npy,
 )
-from sdattn.inputs.safe_zip import MAX_MEMBERS as _MAX_NPZ_MEMBERS, SafeArchive, npy_members
+from sdattn.inputs.safe_zip import SafeArchive, npy_members
 from sdattn.inputs.text import EXTRA_LINES, NumericTable, line_chunks, scan_text
 
 BUNDLE_FORMAT = schema.BUNDLE_FORMAT
@@ -459,7 +457,7 @@ def _load_scipy_npz_queries(archive, members, source: _Source, budget: Budget):
     try:
         sparse_format = str(sparse_format.item().decode("ascii") if sparse_format.dtype.kind == "S"
                             else sparse_format.item())
-    except (UnicodeDecodeError, ValueError) as error:
+    except (UnicodeDecodeError, ValueError):
         raise InputError(f"{name}: array 'format' is not a format name") from None
     if sparse_format not in ("csr", "csc", "coo"):
         raise InputError(
@@ -685,10 +683,21 @@ def save_inputs(example: Example, path_or_file, extras: dict[str, Any] | None = 
                     f"extra '{extra_name}' is neither a numpy array nor JSON-serialisable "
                     f"({_echo(str(error), 80)})"
                 ) from error
+    _write_npz(path_or_file, arrays, "bundle")
+
+
+def _write_npz(path_or_file, arrays: dict[str, np.ndarray], kind: str) -> None:
+    """`np.savez_compressed` to a path (which must end in .npz) or a binary file object.
+
+    Args:
+        path_or_file: where to write.
+        arrays: the members, by name.
+        kind: what the file is ("bundle", "session"), for the message about a wrong suffix.
+    """
     if isinstance(path_or_file, (str, os.PathLike)):
         path = pathlib.Path(path_or_file)
         if path.suffix.lower() != ".npz":
-            raise InputError(f"{_display_name(str(path))}: a bundle path must end in .npz")
+            raise InputError(f"{_display_name(str(path))}: a {kind} path must end in .npz")
         with open(path, "wb") as stream:
             np.savez_compressed(stream, **arrays)
     else:

@@ -15,7 +15,6 @@ import numpy as np
 from sdattn.inputs.example import (
     Budget,
     DEFAULT_BUDGET,
-    Example,
     InputError,
     _canonical_coo,
     _check_finite,
@@ -30,6 +29,7 @@ from sdattn.inputs.loaders import (
     _json_array,
     _load_npz,
     _npz_member,
+    _write_npz,
 )
 
 SESSION_FORMAT = "sdattn.session"
@@ -171,14 +171,7 @@ def save_session(
         "metadata": user_metadata,
     })
     arrays["layer_config"] = config_json
-    if isinstance(path_or_file, (str, os.PathLike)):
-        path = pathlib.Path(path_or_file)
-        if path.suffix.lower() != ".npz":
-            raise InputError(f"{path}: a session path must end in .npz")
-        with open(path, "wb") as stream:
-            np.savez_compressed(stream, **arrays)
-    else:
-        np.savez_compressed(path_or_file, **arrays)
+    _write_npz(path_or_file, arrays, "session")
 
 
 def _is_tf_sparse(query) -> bool:
