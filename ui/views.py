@@ -183,7 +183,7 @@ def select_or_zoom(chart_key: str, plan: figures.GridPlan, x_labels: list[str],
         box = boxes[0]
         first_col, last_col = _drawn_span(*box["x"][:2], x_labels, plan.drawn_cols)
         first_row, last_row = _drawn_span(*box["y"][:2], y_labels, plan.drawn_rows)
-        (r0, r1), (c0, c1) = plan.rows, plan.cols
+        r1, c1 = plan.rows[1], plan.cols[1]  # the drawn window's ends
         queries = (int(plan.first_row(first_row)),
                    min(int(plan.first_row(last_row)) + plan.row_factor, r1) - 1)
         keys = (int(plan.first_col(first_col)),

@@ -3,8 +3,6 @@ The same kind, seed and parameters always give the same arrays; metadata records
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import functools
 import inspect
 import math
