@@ -4,12 +4,17 @@ what the browser shows after each action, beside the server-side script time of 
 Measured, median of `--repeats` (5) per action, at the default sizes and at M = 512, N = 4,096:
 first render (a new browser session until both views are drawn), selector change, k change (to a
 value seen before, and to a new one), query click (a point of the selection view, or the Query
-picker where the overview is too big to click), and Compare's selector add. A sample ends when the
-script run is over and the charts the action changes have been redrawn (two animation frames
-after Plotly's update), so it includes the websocket, the server's rerun, the transfer and
-Plotly's drawing, and a follow-up rerun if one comes within 300 ms (a remounted chart that
-reports its cleared selection); "script runs" counts them. The server column is the summed
-script time of those runs, logged by the app itself (a wrapper around app.py).
+picker where the overview is too big to click), and Compare's selector add.
+
+Both ends of a sample are read from the page's own clock (`performance.now()`): it starts at the
+input event that commits the action (the Enter that picks a typed option, the slider's arrow key,
+the mouse press of a click; opening the menu and typing come before and are not timed) and ends
+at the first frame produced after the script run is over and the charts the action changes hold
+their new data (two animation frames after that is seen). So it includes the websocket, the
+server's rerun, the transfer, React's and Plotly's work and the paint, and a follow-up rerun if
+one comes within 300 ms (a remounted chart that reports its cleared selection); "script runs"
+counts them. The server column is the summed script time of those runs, logged by the app itself
+(a wrapper around app.py). A first render is timed from the navigation's start.
 
 It is a benchmark, not a test: on a loaded machine the numbers are noisy (say so when quoting).
 Writes a Markdown table (default `benchmarks/browser_timing.md`) that the README embeds.
@@ -57,6 +62,14 @@ finally:
     print("{marker}", round((time.perf_counter() - started) * 1000, 1), flush=True)
 '''
 
+# Every input event's time, in the page's own clock (capture phase: before any handler runs).
+# A sample starts at the input that commits the action (the Enter that picks an option, the
+# arrow key that moves the slider, the mouse press of a click) and ends at the page's first
+# paint after its charts hold the new data, so Playwright's own round trips are in neither end.
+_INPUT_CLOCK_JS = """
+for (const type of ['keydown', 'pointerdown', 'mousedown'])
+    document.addEventListener(type, () => { window.__inputAt = performance.now(); }, true);
+"""
 # The script run is over and every chart under the given keys holds new data, drawn.
 # Counts finished script runs (the app's state attribute leaving "running"), so a sample never
 # ends before the rerun it caused has even started.
@@ -70,18 +83,34 @@ _WATCH_RUNS_JS = """() => {
                     attributeFilter: ['data-test-script-state']});
     window.__runsWatched = true;
 }"""
-_DONE_JS = """async ([keys, stamp, runs]) => {
-    const app = document.querySelector('[data-test-script-state]');
-    if (!app || app.getAttribute('data-test-script-state') === 'running') return false;
-    if (runs !== null && (window.__finishedRuns || 0) < runs) return false;
-    for (const key of keys) {  // exactly one chart: a remount briefly holds the old one too
-        const all = document.querySelectorAll(`.st-key-${key} .js-plotly-plot`);
-        if (all.length !== 1) return false;
-        const gd = all[0];
-        if (!gd._fullData || gd.__timingStamp === stamp) return false;
+# Synchronous on purpose: `wait_for_function` takes a returned Promise for a truthy value, so an
+# async predicate would return at once. Once the page is ready, two animation frames later (the
+# frame that paints the new charts has been produced) `__paintedAt` is set and the wait ends;
+# a change in between (another rerun) invalidates that pending stamp.
+_DONE_JS = """([keys, stamp, runs, data]) => {
+    const ready = (() => {
+        const app = document.querySelector('[data-test-script-state]');
+        if (!app || app.getAttribute('data-test-script-state') === 'running') return false;
+        if (runs !== null && (window.__finishedRuns || 0) < runs) return false;
+        for (const key of keys) {  // exactly one chart: a remount briefly holds the old one too
+            const all = document.querySelectorAll(`.st-key-${key} .js-plotly-plot`);
+            if (all.length !== 1) return false;
+            const gd = all[0];
+            if (!gd._fullData) return false;
+            if ((data ? gd._fullData.__timingStamp : gd.__timingStamp) === stamp) return false;
+        }
+        return true;
+    })();
+    if (!ready) { window.__readyToken = (window.__readyToken || 0) + 1; window.__paintedAt = null;
+                  window.__paintPending = false; return false; }
+    if (window.__paintedAt) return true;
+    if (!window.__paintPending) {
+        window.__paintPending = true;
+        const token = window.__readyToken;
+        requestAnimationFrame(() => requestAnimationFrame(() => {
+            if (window.__readyToken === token) window.__paintedAt = performance.now(); }));
     }
-    await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
-    return true;
+    return false;
 }"""
 _STAMP_JS = """([keys, stamp]) => { for (const key of keys) {
     const gd = document.querySelector(`.st-key-${key} .js-plotly-plot`);
@@ -90,7 +119,6 @@ _STAMP_JS = """([keys, stamp]) => { for (const key of keys) {
 _STAMP_DATA_JS = """([keys, stamp]) => { for (const key of keys) {
     for (const gd of document.querySelectorAll(`.st-key-${key} .js-plotly-plot`))
         if (gd._fullData) gd._fullData.__timingStamp = stamp; } }"""
-_DONE_DATA_JS = _DONE_JS.replace("gd.__timingStamp === stamp", "gd._fullData.__timingStamp === stamp")
 
 QUIET_MS = 300
 _RUNNING_JS = ("() => document.querySelector('[data-test-script-state]')"
@@ -161,11 +189,17 @@ class ServerLog:
         return sum(self.since_mark())
 
 
-def _wait_done(page, keys, stamp, data=False, runs=None):
-    """Waits until no script runs, at least `runs` runs finished (None: any), and the charts
-    under `keys` hold data not stamped with `stamp`."""
-    page.wait_for_function(_DONE_DATA_JS if data else _DONE_JS, arg=[keys, stamp, runs],
-                           timeout=TIMEOUT_MS, polling="raf")
+def _wait_done(page, keys, stamp, data=False, runs=None) -> float:
+    """Waits until no script runs, at least `runs` runs finished (None: any), the charts under
+    `keys` hold data not stamped with `stamp`, and the frame showing them has been produced.
+
+    Returns:
+        The page's clock (`performance.now()`, ms) at that frame.
+    """
+    page.evaluate("() => { window.__paintedAt = null; window.__paintPending = false; }")
+    page.wait_for_function(_DONE_JS, arg=[keys, stamp, runs, data], timeout=TIMEOUT_MS,
+                           polling="raf")
+    return page.evaluate("() => window.__paintedAt")
 
 
 def _finished_runs(page) -> int:
@@ -173,16 +207,26 @@ def _finished_runs(page) -> int:
     return page.evaluate("() => window.__finishedRuns")
 
 
-def _timed(page, server: ServerLog, keys, action, stamp) -> tuple[float, float]:
-    """Milliseconds from `action()` until the charts under `keys` are redrawn, and the server's
-    script time of the rerun(s) it caused."""
+def _timed(page, server: ServerLog, keys, action, stamp, prepare=None) -> tuple[float, float, int]:
+    """Milliseconds, in the page's clock, from the input that commits `action()` until the charts
+    under `keys` are redrawn; the server's script time of the rerun(s) it caused; their count.
+
+    Args:
+        prepare: what comes before the committing input and is not timed (opening a selectbox
+            and typing the option's name), or None.
+    """
+    if prepare is not None:
+        prepare()
+        page.wait_for_timeout(150)  # the open menu settles; a person reads it anyway
     page.evaluate(_STAMP_DATA_JS, [keys, stamp])
     runs = _finished_runs(page)
     server.mark()
-    started = time.perf_counter()
+    page.evaluate("() => { window.__inputAt = null; }")
     action()
-    _wait_done(page, keys, stamp, data=True, runs=runs + 1)
-    browser_ms = (time.perf_counter() - started) * 1000
+    painted = _wait_done(page, keys, stamp, data=True, runs=runs + 1)
+    started = page.evaluate("() => window.__inputAt")
+    if started is None:
+        raise RuntimeError("the action sent no input event to the page")
     # A follow-up rerun (a remounted chart reporting its empty selection) belongs to the
     # action: wait until the page stays quiet for 300 ms, and end the sample at its last draw.
     while True:
@@ -190,10 +234,9 @@ def _timed(page, server: ServerLog, keys, action, stamp) -> tuple[float, float]:
         page.wait_for_timeout(QUIET_MS)
         if _finished_runs(page) == seen and not page.evaluate(_RUNNING_JS):
             break
-        _wait_done(page, keys, "follow-up", runs=seen + 1)
-        browser_ms = (time.perf_counter() - started) * 1000
+        painted = _wait_done(page, keys, "follow-up", runs=seen + 1)
     count = _finished_runs(page) - runs
-    return browser_ms, server.wait_for_runs(count), count
+    return painted - started, server.wait_for_runs(count), count
 
 
 def _evaluate(page, script: str, arg=None, tries: int = 20):
@@ -210,12 +253,22 @@ def _evaluate(page, script: str, arg=None, tries: int = 20):
             _wait_done(page, PLAYGROUND_CHARTS, "settled")
 
 
-def _choose(page, widget_key: str, option: str) -> None:
-    """Picks an option of a selectbox or multiselect by typing it, as a keyboard user does."""
+def _type_option(page, widget_key: str, option: str) -> None:
+    """Opens a selectbox or multiselect and types an option's name, as a keyboard user does;
+    pressing Enter then picks it (the input that commits the change, and starts the sample)."""
     box = page.locator(f".st-key-{widget_key} input").first
     box.click()
     box.fill(option)
+
+
+def _enter(page) -> None:
     page.keyboard.press("Enter")
+
+
+def _new_page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.add_init_script(_INPUT_CLOCK_JS)
+    return context, context.new_page()
 
 
 def measure_size(browser, url: str, size: str, query: str, repeats: int,
@@ -233,20 +286,17 @@ def measure_size(browser, url: str, size: str, query: str, repeats: int,
 
     address = f"{url}/?{query}" if query else url
     # Warm-up: the first session imports TensorFlow and fills the caches (not counted).
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
+    context, page = _new_page(browser)
     page.goto(address)
     _wait_done(page, PLAYGROUND_CHARTS, "none")
     context.close()
 
     for repeat in range(repeats):  # first render: a new session each time
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
+        context, page = _new_page(browser)
         server.mark()
-        started = time.perf_counter()
         page.goto(address)
-        _wait_done(page, PLAYGROUND_CHARTS, "none")
-        browser_ms = (time.perf_counter() - started) * 1000
+        # The page's clock starts at the navigation: this is the time to the first full paint.
+        browser_ms = _wait_done(page, PLAYGROUND_CHARTS, "none")
         record("first render (new session, warm server)", browser_ms, server.wait_for_runs(1))
         if repeat < repeats - 1:
             context.close()
@@ -254,8 +304,8 @@ def measure_size(browser, url: str, size: str, query: str, repeats: int,
     selectors = ["cosine", "dot"]
     for repeat in range(repeats + 1):  # the first change of each pair fills the cache
         name = selectors[repeat % 2]
-        result = _timed(page, server, ["selection_view", "head_heatmaps"],
-                        lambda: _choose(page, params.SELECTOR, name), f"sel{repeat}")
+        result = _timed(page, server, ["selection_view", "head_heatmaps"], lambda: _enter(page),
+                        f"sel{repeat}", prepare=lambda: _type_option(page, params.SELECTOR, name))
         if repeat:
             record("selector change (seen before)" if repeat > 1 else "selector change (new)",
                    *result)
@@ -298,15 +348,17 @@ def measure_size(browser, url: str, size: str, query: str, repeats: int,
             name = "query click (selection view)"
             page.locator(".st-key-selection_view .js-plotly-plot").last.scroll_into_view_if_needed()
         else:
-            def click(row=(repeat + 1) * 7):
-                _choose(page, params.QUERY, f"{row}: ")
+            def click():
+                _enter(page)
             name = "query change (picker: the overview is too big to click)"
-        record(name, *_timed(page, server, ["detail_ranked"], click, f"q{repeat}"))
+        prepare = None if clickable else (
+            lambda row=(repeat + 1) * 7: _type_option(page, params.QUERY, f"{row}: "))
+        record(name, *_timed(page, server, ["detail_ranked"], click, f"q{repeat}",
+                             prepare=prepare))
     context.close()
 
     # Compare: add a selector (a new one each time; each run is cached per selector).
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
+    context, page = _new_page(browser)
     page.goto(f"{url}/compare?{query}" if query else f"{url}/compare")
     page.wait_for_function(
         "() => document.querySelector('[data-test-script-state]')"
@@ -321,22 +373,24 @@ def measure_size(browser, url: str, size: str, query: str, repeats: int,
     for repeat in range(min(repeats, len(pool))):
         name = pool[repeat]
 
-        def add(name=name):
-            _choose(page, params.SELECTORS, name)
+        def prepare(name=name):
+            _type_option(page, params.SELECTORS, name)
 
         if refused:  # the page only says why: time until that run is over
+            prepare()
             runs = _finished_runs(page)
             server.mark()
-            started = time.perf_counter()
-            add()
-            _wait_done(page, [], "none", runs=runs + 1)
+            page.evaluate("() => { window.__inputAt = null; }")
+            _enter(page)
+            painted = _wait_done(page, [], "none", runs=runs + 1)
             count = _finished_runs(page) - runs
             record("Compare: add a selector (refused: dense budget)",
-                   (time.perf_counter() - started) * 1000, server.wait_for_runs(count), count)
+                   painted - page.evaluate("() => window.__inputAt"),
+                   server.wait_for_runs(count), count)
         else:
             record("Compare: add a selector (new)",
-                   *_timed(page, server, ["k_sweep", "metric_histograms"], add,
-                           f"c{repeat}"))
+                   *_timed(page, server, ["k_sweep", "metric_histograms"], lambda: _enter(page),
+                           f"c{repeat}", prepare=prepare))
     context.close()
     return samples
 

@@ -177,31 +177,41 @@ def decode_figure_json(spec: str | dict) -> dict:
 # ----------------------------------------------------------------------------- layout helpers
 
 
-def _query_key_layout(title, x_labels, y_labels, plan: "GridPlan | None" = None):
+def _query_key_layout(title, x_labels, y_labels, plan: "GridPlan | None" = None, *,
+                      colorbar: bool = True):
     """Layout of a clickable query × key cell map: labelled category axes, a row height per query.
 
     With a `plan`, the plot is as tall as its drawn rows and the ticks label every row and
     column that fits (`tick_labels`); without, rows take `_cell_height` and Plotly picks ticks.
+    Margins are sized from the labels (`fixed_margins`), with room for a colour bar on the right.
     """
     xaxis = _category_axis(x_labels, "key")
     yaxis = _category_axis(y_labels, "query", reversed_=True)
     if plan is not None:
-        xaxis.update(tick_labels(x_labels, plan.cell_width), automargin=True)
-        yaxis.update(tick_labels(y_labels, plan.cell_height), automargin=True)
+        x_ticks = tick_labels(x_labels, plan.cell_width, rotate_if_crowded=True)
+        y_ticks = tick_labels(y_labels, plan.cell_height)
+        xaxis.update(x_ticks)
+        yaxis.update(y_ticks)
         plot_height = plan.plot_height
     else:
+        step = max(1, math.ceil(len(x_labels) / 40))
+        x_ticks = dict(ticktext=[shorten_label(s) for s in list(x_labels)[::step]], tickangle=-90)
+        y_ticks = dict(ticktext=[shorten_label(s) for s in y_labels])
+        xaxis.update(tickangle=-90)
         plot_height = _cell_height(len(y_labels)) * len(y_labels)
-    return dict(
+    bottom = AXIS_TITLE_PX + tick_extent_px(x_ticks, across=False) + 8
+    layout = dict(
         # The title at the very top, the legend in its own row under it: they never overlap.
         title=dict(text=title, yref="container", y=1.0, yanchor="top", pad=dict(t=12)),
         xaxis=xaxis,
         yaxis=yaxis,
-        height=150 + plot_height + (40 if plan is not None else 0),
-        margin=dict(l=10, r=10, t=76, b=10),
+        height=76 + plot_height + bottom,
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
         clickmode="event+select",
         dragmode="zoom",
     )
+    return fixed_margins(layout, left=AXIS_TITLE_PX + tick_extent_px(y_ticks, across=True) + 4,
+                         right=COLORBAR_PX if colorbar else 16, top=76, bottom=bottom)
 
 
 def _category_axis(labels: Sequence[str], title: str, reversed_: bool = False) -> dict:
@@ -271,6 +281,13 @@ GAP_CELL_PX = 4  # from this cell size on, cells are drawn with a 1 px gap
 MIN_CELL_PX = 2  # a pooled block is at least this big, so one selected key stays visible
 LABEL_PX = 13  # a tick label needs this much room along its axis (11 px font, rotated)
 MAX_LABEL_CHARS = 16  # tick labels are cut here; hover shows the whole label
+# Margins are sized here, from the labels (`fixed_margins`): an 11 px label's glyphs average
+# under 6.6 px, a horizontal label is one 16 px line, an axis title takes 28 px, a vertical
+# colour bar with its title and tick labels about 110 px.
+TICK_CHAR_PX = 6.6
+TICK_LINE_PX = 16
+AXIS_TITLE_PX = 28
+COLORBAR_PX = 110
 # Hover text per cell costs about 4 bytes a cell; past this many cells a figure hovers on drawn
 # cells only (no hover label on an empty cell rather than one saying "NaN").
 MAX_HOVER_TEXT_CELLS = 60_000
@@ -441,16 +458,67 @@ def shorten_label(label: str, limit: int = MAX_LABEL_CHARS) -> str:
     return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
-def tick_labels(labels: Sequence[str], cell_px: float) -> dict:
+def tick_labels(labels: Sequence[str], cell_px: float, *, rotate_if_crowded: bool = False
+                ) -> dict:
     """Tick settings of a category axis: every label when they fit, else every n-th; cut labels.
 
+    Args:
+        labels: the axis's category names.
+        cell_px: pixels per category along the axis.
+        rotate_if_crowded: an x axis: labels wider than their room are drawn vertically. The
+            angle is set here, not left to Plotly, so the margins can be too (`fixed_margins`).
+
     Returns:
-        `tickmode="array"` with `tickvals` (category names) and `ticktext` (shortened).
+        `tickmode="array"` with `tickvals` (category names), `ticktext` (shortened) and
+        `tickangle`.
     """
     step = max(1, math.ceil(LABEL_PX / max(cell_px, 1e-6)))
     shown = list(labels)[::step]
-    return dict(tickmode="array", tickvals=shown, ticktext=[shorten_label(s) for s in shown],
-                tickfont=dict(size=11))
+    text = [shorten_label(s) for s in shown]
+    crowded = rotate_if_crowded and label_extent_px(text) + 4 > cell_px * step
+    return dict(tickmode="array", tickvals=shown, ticktext=text, tickfont=dict(size=11),
+                tickangle=-90 if crowded else 0)
+
+
+def tick_extent_px(ticks: dict, across: bool) -> int:
+    """Pixels the tick labels of `tick_labels` take from the plot's edge into the margin.
+
+    Args:
+        ticks: what `tick_labels` returned.
+        across: whether the labels run across the margin (a y axis, or a rotated x axis)
+            rather than along it (an x axis with horizontal labels: one text line).
+    """
+    if across or ticks.get("tickangle"):
+        return label_extent_px(ticks["ticktext"]) + 6
+    return TICK_LINE_PX
+
+
+def label_extent_px(labels: Sequence[str]) -> int:
+    """Estimated width in pixels of the longest 11 px tick label."""
+    return math.ceil(max((len(str(label)) for label in labels), default=1) * TICK_CHAR_PX)
+
+
+def fixed_margins(layout: dict, *, left: float, right: float, top: float, bottom: float) -> dict:
+    """Sets the margins in pixels and turns Plotly's own margin fitting off, in place.
+
+    With `automargin` (on in Plotly's default template) Plotly measures every tick label, and
+    draws the whole figure again whenever a label, legend or colour bar needs more room: two to
+    three times the drawing time of this app's figures, on every rerun (benchmarks/NOTES.md,
+    "Browser time"). The figures know their labels, so they size their margins themselves.
+
+    Args:
+        layout: a figure's layout dict (its `xaxis…` / `yaxis…` entries are updated).
+        left, right, top, bottom: margins in pixels.
+
+    Returns:
+        `layout`.
+    """
+    for name, axis in layout.items():
+        if name.startswith(("xaxis", "yaxis")) and isinstance(axis, dict):
+            axis["automargin"] = False
+    layout["margin"] = dict(l=math.ceil(left), r=math.ceil(right), t=math.ceil(top),
+                            b=math.ceil(bottom), autoexpand=False)
+    return layout
 
 
 def _block_index(indices: np.ndarray, plan: GridPlan) -> tuple[np.ndarray, int]:

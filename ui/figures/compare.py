@@ -12,6 +12,10 @@ import plotly.graph_objects as go
 from ui.figures.common import *  # noqa: F403
 from ui.figures.common import _axis_suffix, _category_axis, _facet_grid, _query_key_layout
 
+# Numeric axes' margins (`fixed_margins`): an axis title and tick labels of up to six characters.
+_NUMERIC_LEFT_PX = AXIS_TITLE_PX + 46  # noqa: F405
+_NUMERIC_BOTTOM_PX = AXIS_TITLE_PX + TICK_LINE_PX + 12  # noqa: F405
+
 # ----------------------------------------------------------------------------- compare page
 
 # Okabe–Ito: distinguishable with the common colour-vision deficiencies, on both themes. Sky
@@ -163,7 +167,8 @@ def selection_diff_figure(
     title = f"{name_a} vs {name_b}{of_head}: which keys each selector picked"
     if blocked:
         title += f" (blocks of {row_factor} × {col_factor})"
-    return go.Figure(dict(data=traces, layout=_query_key_layout(title, x_labels, y_labels, plan)))
+    return go.Figure(dict(data=traces, layout=_query_key_layout(title, x_labels, y_labels, plan,
+                                                                   colorbar=False)))
 
 
 def metric_histograms_figure(
@@ -218,10 +223,11 @@ def metric_histograms_figure(
         barmode="overlay",
         annotations=annotations,
         height=340,
-        margin=dict(l=10, r=10, t=80, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.08, xanchor="right", x=1.0),
         **axes,
     )
+    fixed_margins(layout, left=_NUMERIC_LEFT_PX, right=16, top=80,  # noqa: F405
+                  bottom=_NUMERIC_BOTTOM_PX)
     return go.Figure(dict(data=traces, layout=layout))
 
 
@@ -296,10 +302,11 @@ def k_sweep_figure(
         shapes=shapes,
         annotations=annotations,
         height=360,
-        margin=dict(l=10, r=10, t=80, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.08, xanchor="right", x=1.0),
         **axes,
     )
+    fixed_margins(layout, left=_NUMERIC_LEFT_PX, right=16, top=80,  # noqa: F405
+                  bottom=_NUMERIC_BOTTOM_PX)
     return go.Figure(dict(data=traces, layout=layout))
 
 
@@ -348,8 +355,10 @@ def head_agreement_figure(agreement: dict[str, np.ndarray], *, max_cols: int = 4
                        colorbar=dict(title=dict(text="Jaccard"), thickness=14)),
         annotations=annotations,
         height=120 + rows * 260,
-        margin=dict(l=10, r=10, t=80, b=10),
         **axes,
     )
+    extent = label_extent_px(labels) + 6  # noqa: F405
+    fixed_margins(layout, left=extent + 8, right=COLORBAR_PX, top=80,  # noqa: F405
+                  bottom=TICK_LINE_PX + 16)  # noqa: F405
     return go.Figure(dict(data=traces, layout=layout))
 

@@ -285,9 +285,13 @@ def _heatmap_grid_figure(pooled, plan, query_labels, key_labels, head_names, tit
     rows = -(-num_heads // cols)
     with_text = pooled.size <= MAX_HOVER_TEXT_CELLS
     panel_height = plan.plot_height + 40  # the facet's title and the gap above it
-    height = 120 + rows * panel_height + 60  # + the key labels under the last row
+    x_ticks = tick_labels(x_labels, plan.cell_width, rotate_if_crowded=True)
+    bottom = AXIS_TITLE_PX + tick_extent_px(x_ticks, across=False) + 8  # the key labels
+    height = 70 + rows * panel_height + bottom
     axes, annotations = _facet_grid(
         num_heads, rows, cols, names, hgap=0.04, vgap=min(0.3, 44 / max(height - 180, 1)))
+    x_ticks = tick_labels(x_labels, plan.cell_width, rotate_if_crowded=True)
+    y_ticks = tick_labels(y_labels, plan.cell_height)
     traces = []
     for head in range(num_heads):
         suffix = _axis_suffix(head)
@@ -316,13 +320,13 @@ def _heatmap_grid_figure(pooled, plan, query_labels, key_labels, head_names, tit
             _category_axis(x_labels, "key" if head + cols >= num_heads else ""),
             matches=None if head == 0 else "x",
             showticklabels=head + cols >= num_heads,
-            **tick_labels(x_labels, plan.cell_width),
+            **x_ticks,
         )
         axes[f"yaxis{suffix}"].update(
             _category_axis(y_labels, "query" if col == 0 else "", reversed_=True),
             matches=None if head == 0 else "y",
             showticklabels=col == 0,
-            **tick_labels(y_labels, plan.cell_height),
+            **y_ticks,
         )
     for axis in axes.values():
         if axis.get("matches") is None:
@@ -350,9 +354,10 @@ def _heatmap_grid_figure(pooled, plan, query_labels, key_labels, head_names, tit
         ),
         annotations=annotations,
         height=height,
-        margin=dict(l=10, r=10, t=70, b=70),
         **axes,
     )
+    fixed_margins(layout, left=AXIS_TITLE_PX + tick_extent_px(y_ticks, across=True) + 4,
+                  right=COLORBAR_PX, top=70, bottom=bottom)
     return go.Figure(dict(data=traces, layout=layout))
 
 
@@ -448,7 +453,7 @@ def ranked_scores_figure(
         axes[f"yaxis{suffix}"].update(title=dict(text="score"))
     subject = f"query {plotly_literal(query_label)}" if query_label is not None else "query"
     scope = "all keys" if order.size == num_ranked else f"keys (best {order.size} of {num_ranked})"
-    height = RANKED_TOP_PX + 150 * num_heads + 50
+    height = RANKED_TOP_PX + 150 * num_heads + 90
     layout = dict(
         # The title pinned to the top of the figure, the legend in its own row under it and
         # above the first facet's title, both placed in pixels from the top (a paper-relative
@@ -460,11 +465,13 @@ def ranked_scores_figure(
         barmode="overlay",
         bargap=0.1,
         height=height,
-        margin=dict(l=10, r=10, t=RANKED_TOP_PX, b=10),
         legend=dict(orientation="h", yref="container", y=1.0 - 36 / height, yanchor="top",
                     xanchor="right", x=1.0),
         **axes,
     )
+    # Score ticks are short numbers; the last facet's rank axis has its title under it.
+    fixed_margins(layout, left=AXIS_TITLE_PX + 46, right=16, top=RANKED_TOP_PX,
+                  bottom=AXIS_TITLE_PX + TICK_LINE_PX + 12)
     return go.Figure(dict(data=traces, layout=layout))
 
 

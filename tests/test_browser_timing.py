@@ -1,0 +1,60 @@
+"""`ui.browser_timing`'s waits really wait: a sample ends only when the page is done.
+
+Its first version passed an async predicate to Playwright's `wait_for_function`, which takes
+the returned Promise for a truthy value: every wait returned at once and every figure it wrote
+timed Playwright's own round trips. These run its wait against a page whose script state and
+chart change on a timer, so a wait that does not wait fails.
+"""
+
+import pytest
+
+from ui import browser_timing
+
+pytestmark = pytest.mark.e2e
+
+_PAGE = """<html><body>
+<div data-test-script-state="running"></div>
+<div class="st-key-chart"><div class="js-plotly-plot"></div></div>
+<script>
+  setTimeout(() => {
+    document.querySelector('.js-plotly-plot')._fullData = [{}];
+    document.querySelector('[data-test-script-state]').setAttribute('data-test-script-state', 'notRunning');
+  }, 600);
+</script></body></html>"""
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    context.add_init_script(browser_timing._INPUT_CLOCK_JS)
+    yield context.new_page()
+    context.close()
+
+
+def test_wait_done_waits_for_the_script_run_and_the_chart(page):
+    page.set_content(_PAGE)
+    started = page.evaluate("() => performance.now()")
+    painted = browser_timing._wait_done(page, ["chart"], "none")
+    assert painted - started >= 550  # the page became ready 600 ms after it was set
+    assert page.evaluate("() => document.querySelector('[data-test-script-state]')"
+                         ".getAttribute('data-test-script-state')") == "notRunning"
+
+
+def test_wait_done_waits_for_new_chart_data(page):
+    page.set_content(_PAGE.replace('data-test-script-state="running"',
+                                   'data-test-script-state="notRunning"'))
+    page.evaluate("() => { document.querySelector('.js-plotly-plot')._fullData = [{}]; }")
+    page.evaluate(browser_timing._STAMP_DATA_JS, [["chart"], "old"])
+    page.evaluate("() => setTimeout(() => {"
+                  " document.querySelector('.js-plotly-plot')._fullData = [{}]; }, 400)")
+    started = page.evaluate("() => performance.now()")
+    painted = browser_timing._wait_done(page, ["chart"], "old", data=True)
+    assert painted - started >= 350
+
+
+def test_input_clock_records_the_committing_input(page):
+    page.set_content("<input id=box>")
+    page.evaluate(browser_timing._INPUT_CLOCK_JS)  # set_content keeps no init script's listeners
+    page.evaluate("() => { window.__inputAt = null; }")
+    page.locator("#box").press("Enter")
+    assert page.evaluate("() => window.__inputAt") is not None
