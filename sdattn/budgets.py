@@ -25,6 +25,11 @@ DENSIFY_ELEMENTS = 2**24
 DENSE_PROJECTION_DENSITY = 0.01
 # `cosine`'s default `sparse_density`: the same crossover for its query-key scores.
 SPARSE_SCORING_DENSITY = 0.01
+# Below this non-zero density, `cosine` on TF's CPU scores a sparse query from its stored values
+# with a running top-k (`selectors.sparse_cosine`), instead of a dense product and a top-k: the
+# compiled loop costs more per multiply-add than a dense matmul, and does density·D of them
+# (NOTES: "`cosine`: the sparse path").
+FUSED_COSINE_DENSITY = 0.125
 
 # ---- attention --------------------------------------------------------------------------------
 

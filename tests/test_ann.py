@@ -318,10 +318,11 @@ def test_batch_items_searched_in_parallel_equal_items_searched_alone():
         np.testing.assert_array_equal(together[item], alone[0])
 
 
-@pytest.mark.parametrize("selector", ["ann", "cosine"])
+@pytest.mark.parametrize("selector", ["ann", "cosine", "dot"])
 def test_attention_waits_for_a_selection_made_outside_tf(selector):
-    """Faiss searches in a numpy_function; TF's threads would slow it down by competing for the
-    cores, so attention ops wait for it (a control dependency). TF selectors need no wait."""
+    """Faiss searches (and `cosine`'s sparse path scores) in a numpy_function; TF's threads would
+    slow it down by competing for the cores, so attention ops wait for it (a control
+    dependency). Selectors that select in TF ops (`dot`) need no wait."""
     rng = np.random.default_rng(14)
     query, value = random_case(rng, 2, 6, 30, 8, 8)
     chosen = {"name": selector, "exact_threshold": 0, "nlist": 4} if selector == "ann" else selector
@@ -342,7 +343,7 @@ def test_attention_waits_for_a_selection_made_outside_tf(selector):
 
     waiting = [op for op in graph.get_operations()
                if op.type == "Identity" and any(after_search(control) for control in op.control_inputs)]
-    assert bool(waiting) == (selector == "ann")
+    assert bool(waiting) == (selector in ("ann", "cosine"))
     np.testing.assert_allclose(tf.function(lambda q, v: layer(q, v))(query, value).numpy(),
                                layer(query, value).numpy(), rtol=1e-5, atol=1e-6)
 

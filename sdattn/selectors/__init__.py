@@ -17,7 +17,7 @@ from sdattn.selectors.top_k import grouped_top_k, masked_top_k, streamed_top_k
 
 # Every other module (or subpackage) here is one selector, registered when imported: adding a
 # selector adds its file and nothing else.
-_HELPERS = {"base", "top_k", "cpu_top_k", "top_k_kernel"}
+_HELPERS = {"base", "top_k", "cpu_top_k", "top_k_kernel", "sparse_cosine", "cosine_kernel"}
 for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
     if _module not in _HELPERS:
         importlib.import_module(f"{__name__}.{_module}")

@@ -254,7 +254,7 @@ class AnnSelector(Selector):
             k: the static number of slots.
         """
         if self._exact_in_tf(context.num_keys):
-            return super().select(context, k)
+            return self._exact_cosine.select(context, k)  # its sparse path, where it applies
         query = context.query
         if self._raw_space(context):
             keys = context.key  # [B, N, Dk]
