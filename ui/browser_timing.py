@@ -397,9 +397,11 @@ def measure_size(browser, url: str, size: str, query: str, repeats: int,
 
 def markdown_table(results: dict[str, dict], repeats: int, note: str) -> str:
     lines = [
-        f"Browser timing (`python -m ui.browser_timing`): median of {repeats} per action, from "
-        "the action in Chromium until the script run is over and the changed charts are "
-        "redrawn; server = the app's own script time for the same rerun(s). "
+        f"Browser timing (`python -m ui.browser_timing`): median of {repeats} per action, in "
+        "the page's own clock, from the input that commits the action (the Enter that picks "
+        "an option, the slider's key, the mouse press) until the first frame after the script "
+        "run is over and the changed charts hold their new data (a first render: from the "
+        "navigation's start); server = the app's own script time for the same rerun(s). "
         f"{note}",
         "",
         "| size | action | browser (ms) | server (ms) | script runs | target | met |",
