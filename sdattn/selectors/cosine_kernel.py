@@ -14,6 +14,26 @@ import numpy as np
 _FAST = {"reassoc", "contract"}
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _insert(row_values, row_positions, count, score, position):
+    """Puts `(score, position)` into a row's k sorted slots, below any equal score; a full row
+    drops its last slot. Returns the new count of filled slots (the caller checks that the
+    score beats a full row's k-th)."""
+    k = row_values.shape[0]
+    if count < k:
+        slot = count
+        count += 1
+    else:
+        slot = k - 1
+    while slot > 0 and row_values[slot - 1] < score:
+        row_values[slot] = row_values[slot - 1]
+        row_positions[slot] = row_positions[slot - 1]
+        slot -= 1
+    row_values[slot] = score
+    row_positions[slot] = position
+    return count
+
+
 @numba.njit(nogil=True, cache=True, fastmath=_FAST)
 def score_keys(row_ptr, cols, vals, keys, key_valid, has_mask, start, stop, offset, tile,
                epsilon, best_values, best_positions, counts):
@@ -98,17 +118,8 @@ def score_keys(row_ptr, cols, vals, keys, key_valid, has_mask, start, stop, offs
                         continue
                     if has_mask and not key_valid[tile_start + i]:
                         continue
-                    if count < k:
-                        slot = count
-                        count += 1
-                    else:
-                        slot = k - 1
-                    while slot > 0 and row_values[slot - 1] < score:
-                        row_values[slot] = row_values[slot - 1]
-                        row_positions[slot] = row_positions[slot - 1]
-                        slot -= 1
-                    row_values[slot] = score
-                    row_positions[slot] = offset + tile_start + i
+                    count = _insert(row_values, row_positions, count, score,
+                                    offset + tile_start + i)
                     if count == k:
                         kth = row_values[k - 1]
             counts[r] = count
@@ -133,15 +144,5 @@ def merge_into(best_values, best_positions, counts, more_values, more_positions,
             score = more_values[r, j]
             if count == k and not score > row_values[k - 1]:
                 break  # the rest score no higher
-            if count < k:
-                slot = count
-                count += 1
-            else:
-                slot = k - 1
-            while slot > 0 and row_values[slot - 1] < score:
-                row_values[slot] = row_values[slot - 1]
-                row_positions[slot] = row_positions[slot - 1]
-                slot -= 1
-            row_values[slot] = score
-            row_positions[slot] = more_positions[r, j]
+            count = _insert(row_values, row_positions, count, score, more_positions[r, j])
         counts[r] = count
