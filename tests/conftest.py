@@ -5,11 +5,7 @@ import contextlib
 import os
 import pathlib
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from hypothesis import settings
@@ -33,54 +29,17 @@ SERVER_START_TIMEOUT_S = 90  # the app imports TensorFlow before it answers
 SERVER_PIDS: dict[str, int] = {}
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_healthy(url: str, process: subprocess.Popen, log_path: pathlib.Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"streamlit exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    return
-        time.sleep(0.25)
-    raise RuntimeError(f"streamlit did not answer within {SERVER_START_TIMEOUT_S} s:\n"
-                       f"{log_path.read_text()[-4000:]}")
-
-
 @contextlib.contextmanager
 def _serve_app(log_dir: pathlib.Path):
     """Runs `streamlit run app.py` on a free port until the block exits; yields its base URL."""
-    port = _free_port()
-    log_path = log_dir / "server.log"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-             "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--server.headless", "true", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    SERVER_PIDS[url] = process.pid
-    try:
-        _wait_until_healthy(url, process, log_path)
-        yield url
-    finally:
-        SERVER_PIDS.pop(url, None)
-        process.terminate()
+    from ui.app_server import serve_app
+
+    with serve_app(log_dir / "server.log", timeout_s=SERVER_START_TIMEOUT_S) as (url, process):
+        SERVER_PIDS[url] = process.pid
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            yield url
+        finally:
+            SERVER_PIDS.pop(url, None)
 
 
 @pytest.fixture(scope="session")

@@ -29,13 +29,10 @@ import os
 import pathlib
 import platform
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("SDATTN_CHROMIUM", "/usr/bin/chromium")
@@ -126,45 +123,16 @@ _RUNNING_JS = ("() => document.querySelector('[data-test-script-state]')"
 PLAYGROUND_CHARTS = ["selection_view", "head_heatmaps", "detail_ranked"]
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve_app(log_path: pathlib.Path):
     """`streamlit run` of app.py (through the timing wrapper) on a free port; yields the URL."""
-    port = _free_port()
+    from ui.app_server import serve_app as serve
+
     wrapper = pathlib.Path(tempfile.mkdtemp()) / "timed_app.py"
     wrapper.write_text(_SERVER_TIMING_WRAPPER.format(app=str(ROOT / "app.py"),
                                                      marker=_SERVER_LOG))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(wrapper), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            if process.poll() is not None:
-                raise RuntimeError(log_path.read_text()[-3000:])
-            time.sleep(0.25)
+    with serve(log_path, script=wrapper, timeout_s=120, tf_log_level="3") as (url, _):
         yield url
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        if process.poll() is None:
-            process.kill()
-        log.close()
 
 
 class ServerLog:

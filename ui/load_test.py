@@ -22,9 +22,7 @@ import json
 import os
 import pathlib
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -35,6 +33,8 @@ from dataclasses import dataclass, field
 import websockets
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+from ui.app_server import serve_app
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The shared link a teacher hands out: the Playground with a few settings of its own.
@@ -322,12 +322,6 @@ def run_load_test(base_url: str, sessions: int, *, query: str = SHARED_QUERY,
 # ----------------------------------------------------------------------------- the server
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def peak_rss_mib(pid: int) -> float | None:
     """A process's peak resident memory (Linux `VmHWM`), in MiB; None where unknown."""
     with contextlib.suppress(OSError, ValueError, IndexError):
@@ -345,41 +339,6 @@ def cpu_seconds(pid: int | None) -> float | None:
         fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return None
-
-
-@contextlib.contextmanager
-def serve_app(log_path: pathlib.Path, timeout_s: float = 180.0):
-    """`streamlit run app.py` on a free localhost port; yields `(base_url, process)`."""
-    port = _free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-             "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--server.headless", "true", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"streamlit exited: {log_path.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not answer within {timeout_s} s")
-            time.sleep(0.25)
-        yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _machine() -> dict:
