@@ -277,7 +277,20 @@ def test_ranked_scores_can_stop_after_the_best_ranks():
     for head in range(2):
         ranks = np.concatenate([spec["data"][2 * head]["x"], spec["data"][2 * head + 1]["x"]])
         assert sorted(ranks.tolist()) == list(range(1, 51))
-    assert "best 50 of 300" in spec["layout"]["title"]["text"]
+    # Said under the last facet's rank axis (the title keeps to one line).
+    assert "best 50 of 300" in spec["layout"]["xaxis2"]["title"]["text"]
+
+
+def test_ranked_scores_title_fits_a_long_query_label():
+    """A 40 × 480 real-text query label ran the title past the figure's right edge."""
+    logits = np.random.default_rng(6).normal(size=(2, 400))
+    selected = np.argsort(-logits, axis=-1)[:, :K]
+    label = "Apache-2.0 ¶1: Apache License Version 2.0, January 2004 http://www.apache.org/licenses/"
+    spec = _decoded(figures.ranked_scores_figure(logits, selected, top_k=K, max_ranks=256,
+                                                 query_label=label))
+    title = spec["layout"]["title"]["text"]
+    assert title.startswith("Ranked scores of query Apache-2.0 ¶1:") and title.endswith("…")
+    assert len(title) <= len("Ranked scores of query ") + figures.TITLE_LABEL_CHARS
 
 
 # ----------------------------------------------------------------------------- issue 14

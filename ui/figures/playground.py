@@ -364,6 +364,8 @@ def _heatmap_grid_figure(pooled, plan, query_labels, key_labels, head_names, tit
 # Top margin of the ranked scores: a title row (about 30 px) above a legend row (about 30 px)
 # above the first facet's own title.
 RANKED_TOP_PX = 100
+# A query label in the ranked scores' title is cut here (about half the narrow column's width).
+TITLE_LABEL_CHARS = 28
 
 
 @shared_figure  # equal arguments, one figure for every session (the detail of a shared URL)
@@ -406,6 +408,13 @@ def ranked_scores_figure(
         hgap=0.0, vgap=min(0.08, 0.4 / num_heads))
     traces: list[dict] = []
     shapes: list[dict] = []
+    num_valid = int(valid.sum())
+    shown = num_valid if max_ranks is None else min(max_ranks, num_valid)
+    scope = "all keys" if shown == num_valid else f"the best {shown} of {num_valid} keys"
+    # The label cut to fit the title on one line (a long text label ran past the figure's
+    # edge); the query picker and the detail caption show it whole.
+    subject = (f"query {plotly_literal(shorten_label(query_label, TITLE_LABEL_CHARS))}"
+               if query_label is not None else "query")
     for head in range(num_heads):
         suffix = _axis_suffix(head)
         keys = np.flatnonzero(valid)
@@ -446,19 +455,17 @@ def ranked_scores_figure(
         ))
         last = head == num_heads - 1
         axes[f"xaxis{suffix}"].update(
-            title=dict(text="rank among all keys (1 = highest score)" if last else ""),
+            title=dict(text=f"rank among {scope} (1 = highest score)" if last else ""),
             showticklabels=last,
             **({} if head == 0 else {"matches": "x"}),
         )
         axes[f"yaxis{suffix}"].update(title=dict(text="score"))
-    subject = f"query {plotly_literal(query_label)}" if query_label is not None else "query"
-    scope = "all keys" if order.size == num_ranked else f"keys (best {order.size} of {num_ranked})"
     height = RANKED_TOP_PX + 150 * num_heads + 90
     layout = dict(
         # The title pinned to the top of the figure, the legend in its own row under it and
         # above the first facet's title, both placed in pixels from the top (a paper-relative
         # legend offset grew with the heads and ran into the title).
-        title=dict(text=f"Ranked scores of {subject} over {scope}", yref="container", y=1.0,
+        title=dict(text=f"Ranked scores of {subject}", yref="container", y=1.0,
                    yanchor="top", pad=dict(t=10)),
         shapes=shapes,
         annotations=annotations,
