@@ -48,7 +48,7 @@ def test_wait_done_waits_for_new_chart_data(page):
     page.evaluate("() => setTimeout(() => {"
                   " document.querySelector('.js-plotly-plot')._fullData = [{}]; }, 400)")
     started = page.evaluate("() => performance.now()")
-    painted = browser_timing._wait_done(page, ["chart"], "old", data=True)
+    painted = browser_timing._wait_done(page, ["chart"], "old")
     assert painted - started >= 350
 
 

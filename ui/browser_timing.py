@@ -84,7 +84,7 @@ _WATCH_RUNS_JS = """() => {
 # async predicate would return at once. Once the page is ready, two animation frames later (the
 # frame that paints the new charts has been produced) `__paintedAt` is set and the wait ends;
 # a change in between (another rerun) invalidates that pending stamp.
-_DONE_JS = """([keys, stamp, runs, data]) => {
+_DONE_JS = """([keys, stamp, runs]) => {
     const ready = (() => {
         const app = document.querySelector('[data-test-script-state]');
         if (!app || app.getAttribute('data-test-script-state') === 'running') return false;
@@ -93,8 +93,7 @@ _DONE_JS = """([keys, stamp, runs, data]) => {
             const all = document.querySelectorAll(`.st-key-${key} .js-plotly-plot`);
             if (all.length !== 1) return false;
             const gd = all[0];
-            if (!gd._fullData) return false;
-            if ((data ? gd._fullData.__timingStamp : gd.__timingStamp) === stamp) return false;
+            if (!gd._fullData || gd._fullData.__timingStamp === stamp) return false;
         }
         return true;
     })();
@@ -109,9 +108,6 @@ _DONE_JS = """([keys, stamp, runs, data]) => {
     }
     return false;
 }"""
-_STAMP_JS = """([keys, stamp]) => { for (const key of keys) {
-    const gd = document.querySelector(`.st-key-${key} .js-plotly-plot`);
-    if (gd) gd.__timingStamp = stamp; } }"""
 # Plotly.react keeps the element: a redraw replaces `_fullData`, so the stamp is checked on it.
 _STAMP_DATA_JS = """([keys, stamp]) => { for (const key of keys) {
     for (const gd of document.querySelectorAll(`.st-key-${key} .js-plotly-plot`))
@@ -157,15 +153,16 @@ class ServerLog:
         return sum(self.since_mark())
 
 
-def _wait_done(page, keys, stamp, data=False, runs=None) -> float:
+def _wait_done(page, keys, stamp, runs=None) -> float:
     """Waits until no script runs, at least `runs` runs finished (None: any), the charts under
-    `keys` hold data not stamped with `stamp`, and the frame showing them has been produced.
+    `keys` hold data not stamped with `stamp` (`_STAMP_DATA_JS`; a stamp nobody set, such as
+    "none", is never found), and the frame showing them has been produced.
 
     Returns:
         The page's clock (`performance.now()`, ms) at that frame.
     """
     page.evaluate("() => { window.__paintedAt = null; window.__paintPending = false; }")
-    page.wait_for_function(_DONE_JS, arg=[keys, stamp, runs, data], timeout=TIMEOUT_MS,
+    page.wait_for_function(_DONE_JS, arg=[keys, stamp, runs], timeout=TIMEOUT_MS,
                            polling="raf")
     return page.evaluate("() => window.__paintedAt")
 
@@ -191,7 +188,7 @@ def _timed(page, server: ServerLog, keys, action, stamp, prepare=None) -> tuple[
     server.mark()
     page.evaluate("() => { window.__inputAt = null; }")
     action()
-    painted = _wait_done(page, keys, stamp, data=True, runs=runs + 1)
+    painted = _wait_done(page, keys, stamp, runs=runs + 1)
     started = page.evaluate("() => window.__inputAt")
     if started is None:
         raise RuntimeError("the action sent no input event to the page")

@@ -15,6 +15,15 @@ def _row_l2_norm(x, axis=-1):
     return ops.sqrt(ops.sum(ops.square(x), axis=axis))
 
 
+def _density(query):
+    """The stored fraction of a sparse query's elements: a float eagerly (and on JAX, whose
+    stored-value count is static), a float64 scalar tensor in a TF graph."""
+    if backend.executing_eagerly() or backend.NAME == "jax":
+        return backend.nnz(query) / max(float(math.prod(query.shape)), 1.0)
+    return ops.cast(backend.nnz(query), "float64") / ops.cast(
+        ops.maximum(ops.prod(backend.sparse_dense_shape(query)), 1), "float64")
+
+
 @register_selector("cosine", "Cosine similarity of the raw sparse query and key rows, shared by all heads.")
 class CosineSelector(Selector):
     """Shared selection by cosine similarity.
@@ -62,23 +71,15 @@ class CosineSelector(Selector):
     def select(self, context, k):
         """Returns int32 `[B, 1, M, k]` key positions: through the sparse path where it
         applies (see the class docstring), else by streaming `scores` over key blocks."""
-        if not self._sparse_path_applies(context, k):
+        if not self._sparse_path_applies(context):
             return super().select(context, k)
-        query = context.query
-        if backend.executing_eagerly():
-            density = backend.nnz(query) / max(float(math.prod(query.shape)), 1.0)
-            if density >= budgets.FUSED_COSINE_DENSITY:
-                return super().select(context, k)
-            return self._sparse_select(context, k)
-        density = ops.cast(backend.nnz(query), "float64") / ops.cast(
-            ops.maximum(ops.prod(backend.sparse_dense_shape(query)), 1), "float64")
         shape = (context.key.shape[0], 1, context.max_queries, k)
-        return backend.density_branch(density < budgets.FUSED_COSINE_DENSITY,
+        return backend.density_branch(_density(context.query) < budgets.FUSED_COSINE_DENSITY,
                                       lambda: self._sparse_select(context, k),
                                       lambda: super(CosineSelector, self).select(context, k),
                                       shape)  # [B, 1, M, k]
 
-    def _sparse_path_applies(self, context, k):
+    def _sparse_path_applies(self, context):
         mask = context.mask
         # A subclass with scores of its own (`lsh`) ranks by them, not by the cosine.
         return (type(self).scores is CosineSelector.scores and context.cpu_top_k and cpu_top_k.available() and context.is_sparse
@@ -149,8 +150,7 @@ class CosineSelector(Selector):
                 prepared = ("sparse", query)  # densifying could need a lot of memory
             elif backend.executing_eagerly() or backend.NAME == "jax":
                 # Eagerly (and on JAX, whose stored-value count is static) decide right here.
-                density = backend.nnz(query) / max(float(math.prod(query.shape)), 1.0)
-                kind = "sparse" if density < self.sparse_density else "dense"
+                kind = "sparse" if _density(query) < self.sparse_density else "dense"
                 prepared = (kind, query if kind == "sparse" else backend.densify(query))
             else:
                 prepared = ("adaptive", query)
@@ -170,10 +170,8 @@ class CosineSelector(Selector):
             cosine = ops.einsum("bmd,bnd->bmn", query, key_block)  # [B, M, n]
         else:
             # A TF graph: the density is known at run time only.
-            density = ops.cast(backend.nnz(query), "float64") / ops.cast(
-                ops.maximum(ops.prod(backend.sparse_dense_shape(query)), 1), "float64")
             cosine = backend.density_branch(
-                density < self.sparse_density,
+                _density(query) < self.sparse_density,
                 lambda: backend.sparse_batched_dots(query, key_block),
                 lambda: ops.einsum("bmd,bnd->bmn", backend.densify(query), key_block),
                 (query.shape[0], query.shape[1], key_block.shape[1]))  # [B, M, n]

@@ -521,6 +521,13 @@ def fixed_margins(layout: dict, *, left: float, right: float, top: float, bottom
     return layout
 
 
+def numeric_margins(layout: dict, *, top: float, right: float = 16) -> dict:
+    """`fixed_margins` for a figure whose axes are numeric: an axis title and tick labels of up
+    to six characters on the left, one line of tick labels and a title below."""
+    return fixed_margins(layout, left=AXIS_TITLE_PX + 46, right=right, top=top,
+                         bottom=AXIS_TITLE_PX + TICK_LINE_PX + 12)
+
+
 def _block_index(indices: np.ndarray, plan: GridPlan) -> tuple[np.ndarray, int]:
     """Flat index `[H * M' * k]` of each slot's drawn block in `[H, R, C]`; slots outside the
     window (or invalid) go to one extra bin at the end, whose position is returned too."""

@@ -12,10 +12,6 @@ import plotly.graph_objects as go
 from ui.figures.common import *  # noqa: F403
 from ui.figures.common import _axis_suffix, _category_axis, _facet_grid, _query_key_layout
 
-# Numeric axes' margins (`fixed_margins`): an axis title and tick labels of up to six characters.
-_NUMERIC_LEFT_PX = AXIS_TITLE_PX + 46  # noqa: F405
-_NUMERIC_BOTTOM_PX = AXIS_TITLE_PX + TICK_LINE_PX + 12  # noqa: F405
-
 # ----------------------------------------------------------------------------- compare page
 
 # Okabe–Ito: distinguishable with the common colour-vision deficiencies, on both themes. Sky
@@ -226,8 +222,7 @@ def metric_histograms_figure(
         legend=dict(orientation="h", yanchor="bottom", y=1.08, xanchor="right", x=1.0),
         **axes,
     )
-    fixed_margins(layout, left=_NUMERIC_LEFT_PX, right=16, top=80,  # noqa: F405
-                  bottom=_NUMERIC_BOTTOM_PX)
+    numeric_margins(layout, top=80)  # noqa: F405
     return go.Figure(dict(data=traces, layout=layout))
 
 
@@ -305,8 +300,7 @@ def k_sweep_figure(
         legend=dict(orientation="h", yanchor="bottom", y=1.08, xanchor="right", x=1.0),
         **axes,
     )
-    fixed_margins(layout, left=_NUMERIC_LEFT_PX, right=16, top=80,  # noqa: F405
-                  bottom=_NUMERIC_BOTTOM_PX)
+    numeric_margins(layout, top=80)  # noqa: F405
     return go.Figure(dict(data=traces, layout=layout))
 
 

@@ -290,7 +290,6 @@ def _heatmap_grid_figure(pooled, plan, query_labels, key_labels, head_names, tit
     height = 70 + rows * panel_height + bottom
     axes, annotations = _facet_grid(
         num_heads, rows, cols, names, hgap=0.04, vgap=min(0.3, 44 / max(height - 180, 1)))
-    x_ticks = tick_labels(x_labels, plan.cell_width, rotate_if_crowded=True)
     y_ticks = tick_labels(y_labels, plan.cell_height)
     traces = []
     for head in range(num_heads):
@@ -419,7 +418,6 @@ def ranked_scores_figure(
         suffix = _axis_suffix(head)
         keys = np.flatnonzero(valid)
         order = keys[np.argsort(-logits[head, keys], kind="stable")]  # ranked key positions
-        num_ranked = order.size
         order = order[:max_ranks]
         ranks = np.arange(1, order.size + 1)
         picked = np.isin(order, selected[head][selected[head] >= 0])
@@ -477,8 +475,7 @@ def ranked_scores_figure(
         **axes,
     )
     # Score ticks are short numbers; the last facet's rank axis has its title under it.
-    fixed_margins(layout, left=AXIS_TITLE_PX + 46, right=16, top=RANKED_TOP_PX,
-                  bottom=AXIS_TITLE_PX + TICK_LINE_PX + 12)
+    numeric_margins(layout, top=RANKED_TOP_PX)
     return go.Figure(dict(data=traces, layout=layout))
 
 
