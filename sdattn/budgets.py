@@ -50,3 +50,7 @@ ANN_EXACT_BLOCK_ELEMENTS = 2**24
 # Above this many bytes of float32 vectors per batch item (256 MB), `storage="auto"` keeps 8-bit
 # codes instead (4× less memory); exact re-scoring of the candidates recovers the ranking.
 ANN_AUTO_FLAT_BYTES = 2**28
+# At most this share of non-zero query entries, a flat IVF index on the CPU is searched from the
+# rows' stored features (`selectors.ann.sparse_search`) instead of by Faiss's dense scan
+# (NOTES: "`ann`").
+ANN_SPARSE_SEARCH_DENSITY = 0.125

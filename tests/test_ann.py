@@ -358,3 +358,132 @@ def test_sq8_rescoring_in_chunks_gives_the_same_selection(monkeypatch):
     monkeypatch.setattr(budgets, "ANN_RESCORE_ELEMENTS", 3 * 16 * 256)  # 3 query rows per step
     _, _, chunked = layer(example.to_sparse_tensor(), value, return_attention_scores=True)
     np.testing.assert_array_equal(chunked.numpy(), whole.numpy())
+
+
+# ---- the sparse IVF search ---------------------------------------------------------------------
+
+def _flat_ivf(keys, nlist):
+    import faiss
+
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(keys.shape[1]), keys.shape[1], nlist,
+                               faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 1
+    index.train(keys)
+    index.add(keys)
+    return index
+
+
+def _sparse_unit_rows(rng, rows, dim, stored):
+    query = np.zeros((rows, dim), np.float32)
+    for row in query:
+        row[rng.choice(dim, stored, replace=False)] = rng.normal(size=stored)
+    return query / np.linalg.norm(query, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("nprobe", [1, 3, 32])
+def test_sparse_search_returns_what_faiss_returns(nprobe):
+    import faiss
+    from sdattn.selectors.ann import sparse_search
+
+    rng = np.random.default_rng(20)
+    keys = rng.normal(size=(2_000, 32)).astype(np.float32)
+    index = _flat_ivf(keys, nlist=32)
+    query = _sparse_unit_rows(rng, 50, 32, stored=3)
+    faiss.omp_set_num_threads(1)
+    expected_scores, expected_ids = index.search(query, 12, params=faiss.SearchParametersIVF(nprobe=nprobe))
+    rows = sparse_search.sparse_rows(query)
+    assert rows is not None and rows[1].size == 150
+    scores, ids = sparse_search.search(sparse_search.inverted_lists(index), rows, 12, nprobe)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
+    if nprobe == 32:  # every list: the exact inner-product top-k
+        np.testing.assert_array_equal(ids, np.argsort(-(query @ keys.T), axis=-1, kind="stable")[:, :12])
+
+
+def test_sparse_search_leaves_slots_empty_as_faiss_does_when_probed_lists_are_short():
+    import faiss
+    from sdattn.selectors.ann import sparse_search
+
+    rng = np.random.default_rng(21)
+    keys = rng.normal(size=(600, 16)).astype(np.float32)
+    index = _flat_ivf(keys, nlist=64)  # about 9 keys a list, fewer than the 12 fetched
+    query = _sparse_unit_rows(rng, 40, 16, stored=2)
+    _, expected_ids = index.search(query, 12, params=faiss.SearchParametersIVF(nprobe=1))
+    scores, ids = sparse_search.search(sparse_search.inverted_lists(index),
+                                       sparse_search.sparse_rows(query), 12, 1)
+    assert (expected_ids < 0).any()
+    np.testing.assert_array_equal(ids, expected_ids)
+    assert np.isneginf(scores[ids < 0]).all() and np.isfinite(scores[ids >= 0]).all()
+
+
+def test_sparse_rows_are_csr_and_dense_rows_are_refused():
+    from sdattn.selectors.ann import sparse_search
+
+    query = np.array([[0, 2, 0, 0], [0, 0, 0, 0], [1, 0, 0, 3]], np.float32)
+    row_ptr, cols, vals = sparse_search.sparse_rows(query, density=0.5)
+    np.testing.assert_array_equal(row_ptr, [0, 1, 1, 3])
+    np.testing.assert_array_equal(cols, [1, 0, 3])
+    np.testing.assert_array_equal(vals, [2, 1, 3])
+    assert sparse_search.sparse_rows(query, density=0.2) is None  # 3 of 12 entries stored
+
+
+def test_layer_selects_the_same_keys_with_the_sparse_search_as_with_faiss(monkeypatch):
+    """Config P's 8-of-256-feature queries take the sparse search; with the density bound at 0
+    every row goes to Faiss. Both give the same selection, and only the first copies the lists."""
+    from sdattn import budgets
+    from sdattn.selectors.ann import sparse_search
+
+    _, value, example = config_p_case(4_096, num_queries=64)
+    calls = []
+    original = sparse_search.search
+    monkeypatch.setattr(sparse_search, "search", lambda *args: calls.append(1) or original(*args))
+    selector = {"name": "ann", "exact_threshold": 0, "nlist": 64, "nprobe": 2}
+    layer = SparseDenseMultiHeadAttention(2, 8, 16, selector=selector)
+    _, _, sparse_indices = layer(example.to_sparse_tensor(), value, return_attention_scores=True)
+    assert len(calls) == 2  # one search per batch item
+    monkeypatch.setattr(budgets, "ANN_SPARSE_SEARCH_DENSITY", 0.0)
+    _, _, faiss_indices = layer(example.to_sparse_tensor(), value, return_attention_scores=True)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(sparse_indices.numpy(), faiss_indices.numpy())
+
+
+def test_inverted_lists_are_copied_once_when_threads_search_together(monkeypatch):
+    import threading
+
+    from sdattn.selectors.ann import sparse_search
+
+    copies = []
+    monkeypatch.setattr(sparse_search, "inverted_lists", lambda index: copies.append(index) or "lists")
+    lazy = sparse_search.LazyLists("index")
+    start = threading.Barrier(4)
+    results = []
+
+    def search():
+        start.wait()
+        results.append(lazy.get())
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert copies == ["index"] and results == ["lists"] * 4
+
+
+def test_inverted_lists_only_of_a_flat_ivf_index():
+    import faiss
+    from sdattn.selectors.ann import sparse_search
+
+    keys = np.random.default_rng(22).normal(size=(300, 8)).astype(np.float32)
+    assert sparse_search.inverted_lists(faiss.IndexFlatIP(8)) is None
+    sq8 = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(8), 8, 4, faiss.ScalarQuantizer.QT_8bit,
+                                        faiss.METRIC_INNER_PRODUCT)
+    sq8.train(keys)
+    assert sparse_search.inverted_lists(sq8) is None
+    lists = sparse_search.inverted_lists(_flat_ivf(keys, nlist=4))
+    assert lists.offsets[-1] == 300 and sorted(lists.ids) == list(range(300))
+    # Each list is stored transposed: row i of a list of s keys is column i of its [D, s] block.
+    first = int(np.argmax(np.diff(lists.offsets) > 0))
+    start, size = int(lists.offsets[first]), int(lists.offsets[first + 1] - lists.offsets[first])
+    block = lists.keys_t[8 * start:8 * (start + size)].reshape(8, size)
+    np.testing.assert_array_equal(block.T, keys[lists.ids[start:start + size]])

@@ -13,6 +13,7 @@ from keras import ops
 
 from sdattn import backend, budgets, workers
 from sdattn import arguments
+from sdattn.selectors.ann import sparse_search
 from sdattn.selectors.base import Selector, register_selector
 from sdattn.selectors.cosine import CosineSelector
 
@@ -54,10 +55,13 @@ class _IndexEntry:
         storage: "flat" (the index's scores are exact) or "sq8" (candidates are re-scored).
         key_norms: float32 `[N]` key norms for re-scoring sq8 candidates by cosine, else None.
         build_seconds: wall time spent building it.
+        lists: `sparse_search.LazyLists` of the index: its inverted lists as arrays, for
+            searching sparse query rows (None for any index but a CPU `IndexIVFFlat`).
     """
 
     def __init__(self, index, key_ids, num_valid, kind, storage, key_norms, build_seconds):
         self.index = index
+        self.lists = sparse_search.LazyLists(index)
         self.key_ids = key_ids
         self.num_valid = num_valid
         self.kind = kind
@@ -161,6 +165,10 @@ class AnnSelector(Selector):
     host callback (`sdattn.backend.host_callback`: TF's `numpy_function` inside a TF graph,
     JAX's `pure_callback` under jit); on TF it then cannot be compiled with XLA, and it gives
     no gradient, as no selection does. With a GPU that Faiss sees, IVF and exact indexes move to it.
+    On the CPU, sparse query rows (at most `budgets.ANN_SPARSE_SEARCH_DENSITY` of the entries
+    non-zero) searched in a flat IVF index are compared from their stored features only
+    (`sparse_search`): the same inner products as Faiss's, for a copy of the index's lists
+    made on the first such search.
 
     Args:
         metric: `"cosine"` (rows are L2-normalised) or `"ip"` (raw inner product).
@@ -630,8 +638,19 @@ class AnnSelector(Selector):
 
     @staticmethod
     def _search_ivf(entry, row_queries, fetch, nprobe):
-        """One IVF search with `nprobe` lists: `(scores, ids)`, each `[r, fetch]`."""
+        """One IVF search with `nprobe` lists: `(scores, ids)`, each `[r, fetch]`.
+
+        Sparse rows of a flat index on the CPU (most entries zero: see
+        `budgets.ANN_SPARSE_SEARCH_DENSITY`) are searched by `sparse_search`, from their stored
+        features only; the first such search copies the index's lists (as much memory again
+        as the index's vectors). Other rows go to Faiss.
+        """
         faiss = _faiss()
+        if entry.storage == "flat":
+            rows = sparse_search.sparse_rows(row_queries)
+            lists = None if rows is None else entry.lists.get()
+            if lists is not None:
+                return sparse_search.search(lists, rows, fetch, nprobe)
         if type(entry.index).__name__.startswith("Gpu"):
             # GPU indexes take their search breadth as an attribute, not per call.
             entry.index.nprobe = nprobe
