@@ -235,6 +235,24 @@ def run_selector(example, selector, top_k, num_heads, key_dim, seed=0, weights=N
             f"MultiHeadAttention with biases. Received: {len(weights)} arrays")
     if dense is None:
         dense = dense_reference(example, weights)
+    layer = selector_layer(example, selector, top_k, num_heads, key_dim, weights, seed=seed,
+                           value_dim=value_dim)
+    return measure_layer(example, layer, dense, label=label or _default_label(selector),
+                         top_k=top_k, key_dim=key_dim, repeats=repeats)
+
+
+def selector_layer(example, selector, top_k, num_heads, key_dim, weights, seed=0, value_dim=None):
+    """A `SparseDenseMultiHeadAttention` with this selector, built on the example, holding
+    `weights` (a built `Selector` instance keeps its own trained weights).
+
+    Args:
+        example: an `sdattn.inputs.Example`, to build the layer on.
+        selector, top_k, num_heads, key_dim, seed, value_dim: as for `run_selector`.
+        weights: the MHA-ordered attention weights (the first 8 arrays are used).
+
+    Returns:
+        The built layer.
+    """
     resolved, trained_weights = _resolve(selector, seed)
     layer = SparseDenseMultiHeadAttention(num_heads, key_dim, top_k, selector=resolved,
                                           value_dim=value_dim)
@@ -242,10 +260,8 @@ def run_selector(example, selector, top_k, num_heads, key_dim, seed=0, weights=N
     value = tf.constant(example.value)
     masks = dict(query_mask=tf.constant(example.query_mask), value_mask=tf.constant(example.value_mask))
     layer(query, value, **masks)
-    layer.set_weights(weights[:8] + (trained_weights or layer.get_weights()[8:]))
-
-    return measure_layer(example, layer, dense, label=label or _default_label(selector),
-                         top_k=top_k, key_dim=key_dim, repeats=repeats)
+    layer.set_weights(list(weights)[:8] + (trained_weights or layer.get_weights()[8:]))
+    return layer
 
 
 def measure_layer(example, layer, dense, *, label, top_k, key_dim, repeats=3):
@@ -259,7 +275,7 @@ def measure_layer(example, layer, dense, *, label, top_k, key_dim, repeats=3):
         layer: a built `SparseDenseMultiHeadAttention` whose attention weights `dense` used.
         dense: the `DenseReference` of the same example and weights.
         label: the run's name in tables and figures.
-        top_k: the k reported for the run.
+        top_k: the run's k; a k other than the layer's `top_k` is passed to its calls.
         key_dim: the key_dim reported for the run.
         repeats: timed calls after the measured one (0: no timing, `time_ms` is NaN).
 
@@ -269,6 +285,8 @@ def measure_layer(example, layer, dense, *, label, top_k, key_dim, repeats=3):
     query = example.to_sparse_tensor()
     value = tf.constant(example.value)
     masks = dict(query_mask=tf.constant(example.query_mask), value_mask=tf.constant(example.value_mask))
+    if top_k != layer.top_k:
+        masks["top_k"] = top_k
     output, scores, indices = layer(query, value, return_attention_scores=True, **masks)
     durations = []
     for _ in range(repeats):
@@ -408,7 +426,8 @@ def k_sweep_table(example, selectors, ks, num_heads, key_dim, seed=0, value_dim=
 
     Unlike `metrics.k_sweep` (one sort of a selector's scores), this reruns the layer at every k,
     so it is exact for selectors whose choice depends on k (`hybrid` splits k) or that override
-    `select` (`lsh` falls back to farther buckets as k grows).
+    `select` (`lsh` falls back to farther buckets as k grows). Each selector's layer is built
+    once and called with each k (the layer's `top_k` call argument).
 
     Args:
         example: an `sdattn.inputs.Example`.
@@ -426,11 +445,12 @@ def k_sweep_table(example, selectors, ks, num_heads, key_dim, seed=0, value_dim=
         weights = weights_lib.random_weights(example, num_heads, key_dim, seed=seed, value_dim=value_dim)
     weights = list(weights)[:8]
     dense = dense_reference(example, weights)
-    rows = [
-        run_selector(example, identifier, k, num_heads, key_dim, seed=seed, weights=weights,
-                     value_dim=value_dim, dense=dense, repeats=0, label=label).summary()
-        for label, identifier in labelled for k in ks
-    ]
+    rows = []
+    for label, identifier in labelled:
+        layer = selector_layer(example, identifier, max(ks, default=1), num_heads, key_dim,
+                               weights, seed=seed, value_dim=value_dim)
+        rows.extend(measure_layer(example, layer, dense, label=label, top_k=k, key_dim=key_dim,
+                                  repeats=0).summary() for k in ks)
     columns = [column for column in SUMMARY_COLUMNS if column != "time_ms"]
     import pandas as pd
 

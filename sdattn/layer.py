@@ -89,6 +89,10 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         return_attention_scores: also return the scores and the selected indices.
         training: Keras training flag (dropout).
         use_causal_mask: query i may attend only to keys j <= i.
+        top_k: keys attended per query in this call, instead of the layer's `top_k` (a
+            Python int; None: the layer's). The weights do not depend on k, so one layer
+            serves a sweep over k (`sdattn.comparison`'s k-sweep does); under `tf.function`
+            each value traces its own graph.
 
     Returns:
         output `[B, M, *output_shape]`, carrying the query mask; with
@@ -213,7 +217,8 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
 
     def call(self, query, value, key=None, query_mask=None, value_mask=None, key_mask=None,
              attention_mask=None, return_attention_scores=False, training=None,
-             use_causal_mask=False):
+             use_causal_mask=False, top_k=None):
+        top_k = self._call_top_k(top_k)
         if key is None:
             key = value
         if query_mask is None:
@@ -224,7 +229,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         query, value, key = self._standardize_inputs(query, value, key)
         mask = self._attention_mask(query, value, query_mask, value_mask, key_mask,
                                     attention_mask, use_causal_mask)
-        plan = self.attention_plan(query, value, key, mask, training)
+        plan = self.attention_plan(query, value, key, mask, training, top_k=top_k)
         projected_query = self._project_query(query)  # [B, M, H, kd]
         projected_query = projected_query * ops.cast(self._key_dim ** -0.5, projected_query.dtype)
         context = selectors_lib.SelectionContext(
@@ -255,7 +260,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         indices = ops.broadcast_to(ops.where(slot_valid, indices, -1), backend.dynamic_shape(scores))  # [B, H, M, k]
         return output, scores, indices
 
-    def attention_plan(self, query, value, key=None, mask=None, training=None):
+    def attention_plan(self, query, value, key=None, mask=None, training=None, top_k=None):
         """The `sdattn.plan.AttentionPlan` a call on inputs of these shapes follows.
 
         Args:
@@ -263,18 +268,23 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             value: `[B, N, Dv]`; key: `[B, N, Dk]`, defaults to `value`.
             mask: the call's `AttentionMask`, or None (no per-head attention mask).
             training: the Keras training flag.
+            top_k: the call's `top_k`; None: the layer's.
         """
         key = value if key is None else key
         return plan_lib.plan_attention(
             num_queries=query.shape[1], num_keys=key.shape[1], key_features=key.shape[-1],
             value_features=value.shape[-1], num_heads=self._num_heads, key_dim=self._key_dim,
-            value_dim=self._value_dim, top_k=self._top_k, per_head=self.selector.per_head,
+            value_dim=self._value_dim, top_k=self._call_top_k(top_k), per_head=self.selector.per_head,
             scores_are_logits=self.selector.scores_are_logits,
             selects_outside_tf=self.selector.selects_outside_tf,
             mask_heads=1 if mask is None else mask.num_mask_heads,
             training=training, eager=backend.executing_eagerly(),
             custom_attention=self._overrides_attention(), fast_paths=self._fast_paths,
             cpu_top_k_available=cpu_top_k.available())
+
+    def _call_top_k(self, top_k):
+        """A call's `top_k` argument checked, or the layer's when it is None."""
+        return self._top_k if top_k is None else arguments.positive_int("top_k", top_k)
 
     def _standardize_inputs(self, query, value, key):
         dtype = self.compute_dtype
@@ -580,13 +590,14 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
 
     def compute_output_spec(self, query, value, key=None, query_mask=None, value_mask=None,
                             key_mask=None, attention_mask=None, return_attention_scores=False,
-                            training=None, use_causal_mask=False):
+                            training=None, use_causal_mask=False, top_k=None):
         output_spec = keras.KerasTensor(
             self.compute_output_shape(query.shape, value.shape), dtype=self.compute_dtype)
         if not return_attention_scores:
             return output_spec
         num_keys = value.shape[1]
-        slots = self._top_k if num_keys is None else min(self._top_k, num_keys)
+        top_k = self._call_top_k(top_k)
+        slots = top_k if num_keys is None else min(top_k, num_keys)
         slot_shape = (query.shape[0], self._num_heads, query.shape[1], slots)
         return (output_spec, keras.KerasTensor(slot_shape, dtype=self.compute_dtype),
                 keras.KerasTensor(slot_shape, dtype="int32"))

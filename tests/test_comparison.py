@@ -160,6 +160,21 @@ def test_k_sweep_table_reruns_every_k(masked_example):
     assert hybrid["attention_mass"].iloc[-1] == pytest.approx(1.0)
 
 
+def test_k_sweep_table_with_one_layer_per_selector_equals_a_layer_built_for_each_k(masked_example):
+    """The sweep builds each selector's layer once and passes each k to its calls; every row is
+    what a layer built with that k measures."""
+    ks = [1, 3, 24]
+    table = k_sweep_table(masked_example, ALL_SELECTORS, ks, 2, 4, seed=0)
+    metrics = ["recall_at_k", "attention_mass", "output_rel_error", "head_agreement"]
+    for selector in ALL_SELECTORS:
+        swept = table[table["selector"] == selector].reset_index(drop=True)
+        fresh = pd.DataFrame([run_selector(masked_example, selector, k, 2, 4, seed=0, repeats=0).summary()
+                              for k in ks])
+        np.testing.assert_array_equal(swept["k"], fresh["k"])
+        np.testing.assert_allclose(swept[metrics].to_numpy(float), fresh[metrics].to_numpy(float),
+                                   rtol=1e-5, atol=1e-6, err_msg=selector)
+
+
 def test_per_query_table_has_one_row_per_query(planted_example):
     run = run_selector(planted_example, "cosine", 4, 2, 8, repeats=0)
     table = per_query_table(run, planted_example.query_labels)

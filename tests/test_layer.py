@@ -661,3 +661,35 @@ def test_selector_returning_per_head_indices_without_per_head_is_an_error():
     layer = SparseDenseMultiHeadAttention(2, 4, 3, selector=Wrong())
     with pytest.raises(ValueError, match=r"`per_head = False`.*Received: shape=\(1, 2, 3, 3\)"):
         layer(query, value)
+
+
+# ---- top_k as a call argument ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("selector", SELECTORS)
+def test_a_call_top_k_equals_a_layer_built_with_that_top_k(selector):
+    rng = np.random.default_rng(40)
+    query, value = random_case(rng, 2, 5, 30, 8, 8)
+    sparse = tf.sparse.from_dense(query)
+    config = selector_config(selector)
+    wide = SparseDenseMultiHeadAttention(2, 4, 30, selector=config)
+    narrow = SparseDenseMultiHeadAttention(2, 4, 6, selector=config)
+    wide(sparse, value)
+    narrow(sparse, value)
+    narrow.set_weights(wide.get_weights())
+    expected = narrow(sparse, value, return_attention_scores=True)
+    for call in (wide, tf.function(wide)):
+        got = call(sparse, value, return_attention_scores=True, top_k=6)
+        assert got[2].shape == (2, 2, 5, 6)
+        np.testing.assert_array_equal(got[2].numpy(), expected[2].numpy())
+        np.testing.assert_allclose(got[0].numpy(), expected[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert wide(sparse, value, return_attention_scores=True)[2].shape[-1] == 30  # the layer's own
+
+
+def test_a_call_top_k_is_checked_and_shapes_symbolic_outputs():
+    layer = SparseDenseMultiHeadAttention(2, 4, 8)
+    query = keras.Input((5, 6), sparse=True)
+    value = keras.Input((12, 6))
+    _, scores, indices = layer(query, value, return_attention_scores=True, top_k=3)
+    assert tuple(scores.shape) == (None, 2, 5, 3) and tuple(indices.shape) == (None, 2, 5, 3)
+    with pytest.raises(ValueError, match=r"`top_k`.*top_k=0"):
+        layer(tf.sparse.from_dense(np.ones((1, 5, 6), "float32")), np.ones((1, 12, 6), "float32"), top_k=0)

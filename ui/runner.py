@@ -349,15 +349,26 @@ def _dense_reference(spec: InputSpec, item: int, settings: ModelSettings,
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
+def _comparison_layer(spec: InputSpec, item: int, settings: ModelSettings, selector: str,
+                      _example: inputs.Example):
+    """One selector's layer with the run's weights (settings without k: `_without_k`), built
+    once and called with each k: the comparison and every point of its k-sweep share it."""
+    single = _example.item(item)
+    return comparison.selector_layer(
+        single, selector, single.num_keys, settings.num_heads, settings.key_dim,
+        list(layer_weights(spec, settings, _example))[:8], seed=settings.seed)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
 def _selector_run(spec: InputSpec, item: int, settings: ModelSettings, selector: str,
                   _example: inputs.Example) -> comparison.SelectorRun:
     """One selector against exact attention, cached per selector: adding a selector to a
     comparison runs only the new one."""
     base = _without_k(settings)
-    return comparison.run_selector(
-        _example.item(item), selector, settings.top_k, settings.num_heads, settings.key_dim,
-        seed=settings.seed, weights=list(layer_weights(spec, base, _example))[:8],
-        dense=_dense_reference(spec, item, base, _example), label=selector)
+    return comparison.measure_layer(
+        _example.item(item), _comparison_layer(spec, item, base, selector, _example),
+        _dense_reference(spec, item, base, _example), label=selector, top_k=settings.top_k,
+        key_dim=settings.key_dim)
 
 
 def compare_runs(spec: InputSpec, item: int, settings: ModelSettings, selectors: tuple[str, ...],
@@ -403,11 +414,10 @@ def sweep_ks(num_keys: int, top_k: int, max_points: int = 9) -> tuple[int, ...]:
 def _k_sweep_point(spec: InputSpec, item: int, settings: ModelSettings, selector: str, k: int,
                    _example: inputs.Example) -> dict:
     """One (selector, k) row of the k-sweep (settings without k: `_without_k`)."""
-    return comparison.run_selector(
-        _example.item(item), selector, k, settings.num_heads, settings.key_dim,
-        seed=settings.seed, weights=list(layer_weights(spec, settings, _example))[:8],
-        dense=_dense_reference(spec, item, settings, _example), repeats=0,
-        label=selector).summary()
+    return comparison.measure_layer(
+        _example.item(item), _comparison_layer(spec, item, settings, selector, _example),
+        _dense_reference(spec, item, settings, _example), label=selector, top_k=k,
+        key_dim=settings.key_dim, repeats=0).summary()
 
 
 def compare_k_sweep(spec: InputSpec, item: int, settings: ModelSettings,
