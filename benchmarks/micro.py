@@ -191,6 +191,77 @@ def recall(args):
                   f"{bench.recall_at_k(selected[:, 0], exact):.3f}, search {elapsed:.1f} ms")
 
 
+def ann_search(args):
+    """`ann`'s IVF search of one batch item's rows: Faiss's dense scan against `sparse_search`, on
+    Config P's rows and on random unit rows with more stored features (the density crossover)."""
+    import faiss
+
+    from sdattn.inputs import generate_inputs
+    from sdattn.selectors.ann import AnnSelector, sparse_search
+
+    faiss.omp_set_num_threads(1)  # as the layer searches: one thread per batch item
+    for num_keys in args.keys:
+        example = generate_inputs("config_p", seed=args.seed, num_keys=num_keys, num_queries=512)
+        keys = example.value[0].astype(np.float32)
+        entry, _ = AnnSelector()._entry(keys, None)
+        lists = sparse_search.inverted_lists(entry.index)
+        print(f"N={num_keys:,}: {entry.index.nlist} lists, nprobe 1, {args.k} results per row")
+        config_p = example.dense_query()[0].astype(np.float32)
+        rng = np.random.default_rng(args.seed)
+        cases = [("Config P (8 of 256 features)", config_p)]
+        for stored in args.stored:
+            rows = rng.standard_normal(config_p.shape).astype(np.float32)
+            rows[np.argsort(rng.random(rows.shape), axis=-1) >= stored] = 0  # `stored` per row
+            cases.append((f"random, {stored} of 256 features", rows))
+        for label, rows in cases:
+            rows = rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+            params = faiss.SearchParametersIVF(nprobe=1)
+            _report(f"  {label}: Faiss", _median_ms(lambda: entry.index.search(rows, args.k, params=params)[1],
+                                                     args.repeats))
+            _report(f"  {label}: sparse_search (CSR included)", _median_ms(
+                lambda: sparse_search.search(lists, sparse_search.sparse_rows(rows, 1.0), args.k, 1)[1],
+                args.repeats))
+
+
+def dot_tiles(args):
+    """`dot`'s scores and top-k at Config P's sizes: TF's einsum of the whole score tensor, then
+    the compiled top-k on it, against the same product a tile of rows at a time (NumPy's BLAS)
+    with the top-k of each tile while it is in cache, on two threads. Run with
+    OPENBLAS_NUM_THREADS=1, so that each thread's products stay on its own core."""
+    import concurrent.futures
+
+    import tensorflow as tf
+
+    from sdattn.selectors import cpu_top_k, top_k_kernel
+
+    batch, queries, heads, key_dim, k = 2, 512, 8, 32, 32
+    rng = np.random.default_rng(0)
+    query = rng.standard_normal((batch, heads, queries, key_dim)).astype(np.float32)  # [B, H, M, kd]
+    keys_t = rng.standard_normal((batch, heads, key_dim, args.keys)).astype(np.float32)  # [B, H, kd, N]
+    scores_op = tf.function(lambda q, kt: tf.matmul(q, kt))  # [B, H, M, N]
+    _report(f"TF: scores [B, H, M, N] = {batch}·{heads}·{queries}·{args.keys:,}",
+            _median_ms(lambda: scores_op(query, keys_t), args.repeats))
+    scores = scores_op(query, keys_t).numpy()
+    _report("compiled top-k of that tensor (2 threads)",
+            _median_ms(lambda: cpu_top_k.top_k_numpy(scores, k)[1], args.repeats))
+    groups = cpu_top_k._num_groups(args.keys, k)
+    values = np.empty((batch, heads, queries, k), np.float32)
+    indices = np.empty((batch, heads, queries, k), np.int32)
+    pairs = [(b, h) for b in range(batch) for h in range(heads)]
+
+    def tiles(part, rows=args.tile_rows):
+        for b, h in part:
+            for start in range(0, queries, rows):
+                tile = query[b, h, start:start + rows] @ keys_t[b, h]  # [rows, N], in cache
+                top_k_kernel.top_k_rows(tile, k, groups, values[b, h, start:start + rows],
+                                        indices[b, h, start:start + rows])
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        halves = [pairs[:len(pairs) // 2], pairs[len(pairs) // 2:]]
+        _report(f"tiles of {args.tile_rows} rows: product + top-k in cache (2 threads)",
+                _median_ms(lambda: list(pool.map(tiles, halves)) and indices, args.repeats))
+
+
 def floor(args):
     """The folded attention's steps one by one, on random data of Config P's sizes."""
     import tensorflow as tf
@@ -244,6 +315,16 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=recall)
+    p = sub.add_parser("ann-search", parents=[common], help=ann_search.__doc__)
+    p.add_argument("--keys", type=lambda t: [int(x) for x in t.split(",")], default=[16_384, 65_536])
+    p.add_argument("--stored", type=lambda t: [int(x) for x in t.split(",")], default=[16, 32, 64, 128])
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=ann_search)
+    p = sub.add_parser("dot-tiles", parents=[common], help=dot_tiles.__doc__)
+    p.add_argument("--keys", type=int, default=4_096)
+    p.add_argument("--tile-rows", type=int, default=128)
+    p.set_defaults(run=dot_tiles)
     p = sub.add_parser("floor", parents=[common], help=floor.__doc__)
     p.add_argument("--keys", type=int, default=16_384)
     p.set_defaults(run=floor)

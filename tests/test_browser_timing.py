@@ -58,3 +58,22 @@ def test_input_clock_records_the_committing_input(page):
     page.evaluate("() => { window.__inputAt = null; }")
     page.locator("#box").press("Enter")
     assert page.evaluate("() => window.__inputAt") is not None
+
+
+def test_the_streamlit_reference_page_draws_the_playgrounds_chart_keys():
+    """The reference row times a page that must stand where the playground's charts stand (the
+    same container keys, the same selectbox key) and change its data with the selectbox."""
+    from streamlit.testing.v1 import AppTest
+
+    from ui import params
+
+    script = browser_timing._STREAMLIT_REFERENCE_APP.format(
+        selector=params.SELECTOR, charts=tuple(browser_timing.PLAYGROUND_CHARTS))
+    at = AppTest.from_string(script).run()
+    assert not at.exception
+    charts = at.get("plotly_chart")
+    assert len(charts) == len(browser_timing.PLAYGROUND_CHARTS)
+    before = charts[0].proto.spec
+    at.selectbox(key=params.SELECTOR).set_value("cosine").run()
+    assert at.get("plotly_chart")[0].proto.spec != before
+    assert "streamlit" in browser_timing.SIZES and "streamlit" in browser_timing.TARGET_MS

@@ -4,7 +4,10 @@ what the browser shows after each action, beside the server-side script time of 
 Measured, median of `--repeats` (5) per action, at the default sizes and at M = 512, N = 4,096:
 first render (a new browser session until both views are drawn), selector change, k change (to a
 value seen before, and to a new one), query click (a point of the selection view, or the Query
-picker where the overview is too big to click), and Compare's selector add.
+picker where the overview is too big to click), and Compare's selector add. As a reference
+(`--sizes streamlit`), the same selector change on a page that holds nothing but a selectbox and
+three plain 8 × 48 Plotly heatmaps: the part of a rerun that Streamlit and Plotly take whatever
+the app draws.
 
 Both ends of a sample are read from the page's own clock (`performance.now()`): it starts at the
 input event that commits the action (the Enter that picks a typed option, the slider's arrow key,
@@ -39,12 +42,27 @@ CHROMIUM = os.environ.get("SDATTN_CHROMIUM", "/usr/bin/chromium")
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "browser_timing.md"
 TIMEOUT_MS = 240_000
 # Targets of issue 14: every rerun, seen in the browser, on an idle 2-core machine.
-TARGET_MS = {"defaults": 300, "large": 1_500}
+TARGET_MS = {"defaults": 300, "large": 1_500, "streamlit": 300}
 # name: (as the table writes it, URL query of the playground and compare pages)
 SIZES = {
     "defaults": ("defaults (8 × 48, k = 4)", ""),
     "large": ("M = 512, N = 4,096, k = 4", "kind=random&random.num_queries=512&random.num_keys=4096"),
+    "streamlit": ("Streamlit alone (reference)", ""),
 }
+# The reference page: what Streamlit and Plotly cost with none of the app. A selectbox and the
+# playground's three charts' containers, each holding a plain 8 × 48 heatmap whose data changes
+# with the selectbox, timed by the same wrapper and the same waits.
+_STREAMLIT_REFERENCE_APP = """
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+name = st.sidebar.selectbox("Selector", ["dot", "cosine"], key={selector!r})
+scores = np.random.default_rng(0 if name == "dot" else 1).random((8, 48))
+for key in {charts!r}:
+    with st.container(key=key):
+        st.plotly_chart(go.Figure(go.Heatmap(z=scores)), key="chart_" + key, width="stretch")
+"""
 # The app prints one line per script run when this is set (see `_SERVER_TIMING_WRAPPER`).
 _SERVER_LOG = "SDATTN_SCRIPT_MS"
 
@@ -120,15 +138,36 @@ PLAYGROUND_CHARTS = ["selection_view", "head_heatmaps", "detail_ranked"]
 
 
 @contextlib.contextmanager
-def serve_app(log_path: pathlib.Path):
-    """`streamlit run` of app.py (through the timing wrapper) on a free port; yields the URL."""
+def serve_app(log_path: pathlib.Path, app: pathlib.Path | None = None):
+    """`streamlit run` of `app` (default app.py), through the timing wrapper, on a free port;
+    yields the URL."""
     from ui.app_server import serve_app as serve
 
     wrapper = pathlib.Path(tempfile.mkdtemp()) / "timed_app.py"
-    wrapper.write_text(_SERVER_TIMING_WRAPPER.format(app=str(ROOT / "app.py"),
+    wrapper.write_text(_SERVER_TIMING_WRAPPER.format(app=str(app or ROOT / "app.py"),
                                                      marker=_SERVER_LOG))
     with serve(log_path, script=wrapper, timeout_s=120, tf_log_level="3") as (url, _):
         yield url
+
+
+def measure_streamlit_reference(browser, url: str, repeats: int, server: "ServerLog"):
+    """Samples of a selector change on `_STREAMLIT_REFERENCE_APP`, as `measure_size` takes
+    them on the app: the part of a rerun that is Streamlit's and Plotly's whatever the app does."""
+    from ui import params
+
+    context, page = _new_page(browser)
+    page.goto(url)
+    _wait_done(page, PLAYGROUND_CHARTS, "none")
+    samples = ([], [], [])
+    for repeat in range(repeats + 1):
+        name = ["cosine", "dot"][repeat % 2]
+        result = _timed(page, server, PLAYGROUND_CHARTS, lambda: _enter(page), f"ref{repeat}",
+                        prepare=lambda: _type_option(page, params.SELECTOR, name))
+        if repeat:  # the first one only warms up
+            for values, value in zip(samples, result):
+                values.append(value)
+    context.close()
+    return {"selectbox change, three 8 × 48 heatmaps redrawn": samples}
 
 
 class ServerLog:
@@ -397,17 +436,32 @@ def main(argv=None) -> int:
     from playwright.sync_api import sync_playwright
 
     sys.path.insert(0, str(ROOT))
+    from ui import params
+
     log_path = pathlib.Path(tempfile.mkdtemp()) / "server.log"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results = {}
-    with serve_app(log_path) as url, sync_playwright() as playwright:
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                              args=["--headless", "--no-sandbox"])
-        server = ServerLog(log_path)
-        for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
-            print(f"timing {size} ...", flush=True)
-            results[size] = measure_size(browser, url, size, SIZES[size][1], args.repeats,
-                                         server)
+        app_sizes = [size for size in sizes if size != "streamlit"]
+        if app_sizes:
+            with serve_app(log_path) as url:
+                server = ServerLog(log_path)
+                for size in app_sizes:
+                    print(f"timing {size} ...", flush=True)
+                    results[size] = measure_size(browser, url, size, SIZES[size][1],
+                                                 args.repeats, server)
+        if "streamlit" in sizes:
+            print("timing the Streamlit reference page ...", flush=True)
+            reference = pathlib.Path(tempfile.mkdtemp()) / "reference_app.py"
+            reference.write_text(_STREAMLIT_REFERENCE_APP.format(
+                selector=params.SELECTOR, charts=tuple(PLAYGROUND_CHARTS)))
+            reference_log = log_path.with_name("reference_server.log")
+            with serve_app(reference_log, reference) as url:
+                results["streamlit"] = measure_streamlit_reference(
+                    browser, url, args.repeats, ServerLog(reference_log))
         browser.close()
     machine = (f"Measured {datetime.date.today().isoformat()} on {os.cpu_count()} CPU cores "
                f"({platform.machine()}), load average {load:.1f} at the start; Chromium "
