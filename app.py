@@ -2,25 +2,35 @@
 Run with `make run` (or `streamlit run app.py`); each page lives in its own file under app_pages/.
 A page's uncaught error shows an error id, and its traceback goes to the server log only."""
 
+import contextlib
+import sys
 from pathlib import Path
 
 import streamlit as st
 
-from ui import serving, url_state
-from ui.errors import friendly_errors
-from ui.runner import tensorflow_device
-from ui.widgets import image_format_control
+from ui import serving
 
 ROOT = Path(__file__).parent
 serving.keep_keras_state()  # no keras clear_session (a gc.collect) after every run
-serving.freeze_imported_objects()  # the GC no longer walks TensorFlow's objects (once)
-serving.prompt_gil_handoffs()  # a computing session gets the GIL back sooner
 
 st.set_page_config(
     page_title="sdattn: sparse-dense attention",
     page_icon=str(ROOT / "assets" / "logo.png"),
     layout="wide",
 )
+
+# The first visit after the server starts imports TensorFlow with the app's modules (seconds on
+# a small machine): a status says so instead of a blank page. Later runs find them imported.
+starting = st.empty()
+with (starting.status("Starting the app: loading TensorFlow (once per server start)")
+      if "tensorflow" not in sys.modules else contextlib.nullcontext()):
+    from ui import url_state
+    from ui.errors import friendly_errors
+    from ui.runner import tensorflow_device
+    from ui.widgets import image_format_control
+starting.empty()
+serving.freeze_imported_objects()  # the GC no longer walks TensorFlow's objects (once)
+serving.prompt_gil_handoffs()  # a computing session gets the GIL back sooner
 
 # The folder is not named `pages/`: with that name Streamlit serves a first request for /compare
 # from its older multipage mode, skipping this entrypoint (streamlit#9624, #10276).

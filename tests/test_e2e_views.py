@@ -262,3 +262,19 @@ def test_slow_phases_show_a_status_and_out_of_range_values_are_corrected(page, a
         timeout=APP_TIMEOUT_MS)
     wait_for_views(page)
     assert box.input_value() == str(params.MAX_GENERATOR_PARAM)
+
+
+def test_the_first_visit_after_the_server_starts_says_it_is_loading(page, fresh_app_url):
+    """The first script run of a server imports TensorFlow with the app (seconds): a status says
+    so while it does, instead of a blank page, and is gone once the page is drawn."""
+    page.set_default_timeout(APP_TIMEOUT_MS)
+    seen = []
+    page.expose_function("recordStatus", lambda text: seen.append(text))
+    page.add_init_script("""new MutationObserver(() => {
+        document.querySelectorAll('[data-testid="stExpander"] summary').forEach(
+            s => window.recordStatus && window.recordStatus(s.innerText));
+    }).observe(document, {subtree: true, childList: true, characterData: true})""")
+    page.goto(fresh_app_url)
+    wait_for_views(page)
+    assert any("Starting the app: loading TensorFlow" in text for text in seen)
+    assert "Starting the app" not in page.locator("[data-testid='stMain']").inner_text()
