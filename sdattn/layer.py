@@ -91,7 +91,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         use_causal_mask: query i may attend only to keys j <= i.
         top_k: keys attended per query in this call, instead of the layer's `top_k` (a
             Python int; None: the layer's). The weights do not depend on k, so one layer
-            serves a sweep over k (`sdattn.comparison`'s k-sweep does); under `tf.function`
+            serves a sweep over k (`sdattn.comparison`'s k-sweep does); in a traced function
             each value traces its own graph.
 
     Returns:
