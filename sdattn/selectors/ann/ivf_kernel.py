@@ -14,12 +14,13 @@ from sdattn.selectors.cosine_kernel import _insert
 @numba.njit(nogil=True, cache=True)
 def search_rows(row_ptr, cols, vals, centroids_t, list_offsets, list_keys_t, list_ids, nprobe,
                 out_scores, out_ids):
-    """Writes each query row's `fetch` best keys among the keys of its `nprobe` nearest lists.
+    """Writes each query row's `fetch` best keys (`fetch = out_scores.shape[1]`) among the keys
+    of its `nprobe` nearest lists.
 
     A query row with z stored values is compared with a list's centroid, and with each key of
     the lists it probes, in z multiply-adds instead of the D of a dense inner product: only the
-    row's own features are read, each as a contiguous run of the list's transposed keys. This is what Faiss's `IndexIVFFlat.search` computes, with
-    inner products, for a dense row.
+    row's own features are read, each as a contiguous run of the list's transposed keys. This
+    is what Faiss's `IndexIVFFlat.search` computes, with inner products, for a dense row.
 
     Lists are probed by decreasing centroid score (the lower list first on ties). Keys arrive in
     list order, and a full row takes a key only when it scores strictly above the row's last
@@ -31,7 +32,7 @@ def search_rows(row_ptr, cols, vals, centroids_t, list_offsets, list_keys_t, lis
         vals: float32 `[nnz]` stored values (the rows as the index expects them: unit norm for
             the cosine metric).
         centroids_t: float32 `[D, L]`, the L list centroids as columns.
-        list_offsets: int64 `[L + 1]`, where each list's keys start in `list_keys`.
+        list_offsets: int64 `[L + 1]`, where each list's keys start (in rows).
         list_keys_t: float32 `[n·D]`, the indexed rows list after list, each list of s rows
             stored transposed (`[D, s]`, from `D·list_offsets[l]` on): a stored value of a row
             then adds one contiguous run of s floats to the list's scores.
