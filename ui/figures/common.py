@@ -199,7 +199,7 @@ def _query_key_layout(title, x_labels, y_labels, plan: "GridPlan | None" = None,
         y_ticks = dict(ticktext=[shorten_label(s) for s in y_labels])
         xaxis.update(tickangle=-90)
         plot_height = _cell_height(len(y_labels)) * len(y_labels)
-    bottom = AXIS_TITLE_PX + tick_extent_px(x_ticks, across=False) + 8
+    left, bottom = query_key_margins(x_ticks, y_ticks)
     layout = dict(
         # The title at the very top, the legend in its own row under it: they never overlap.
         title=dict(text=title, yref="container", y=1.0, yanchor="top", pad=dict(t=12)),
@@ -210,8 +210,8 @@ def _query_key_layout(title, x_labels, y_labels, plan: "GridPlan | None" = None,
         clickmode="event+select",
         dragmode="zoom",
     )
-    return fixed_margins(layout, left=AXIS_TITLE_PX + tick_extent_px(y_ticks, across=True) + 4,
-                         right=COLORBAR_PX if colorbar else 16, top=76, bottom=bottom)
+    return fixed_margins(layout, left=left, right=COLORBAR_PX if colorbar else 16, top=76,
+                         bottom=bottom)
 
 
 def _category_axis(labels: Sequence[str], title: str, reversed_: bool = False) -> dict:
@@ -491,6 +491,13 @@ def tick_extent_px(ticks: dict, across: bool) -> int:
     if across or ticks.get("tickangle"):
         return label_extent_px(ticks["ticktext"]) + 6
     return TICK_LINE_PX
+
+
+def query_key_margins(x_ticks: dict, y_ticks: dict) -> tuple[int, int]:
+    """`(left, bottom)` margins in pixels of a query × key map: the query axis's title and tick
+    labels on the left, the key axis's below (`x_ticks`, `y_ticks`: from `tick_labels`)."""
+    return (AXIS_TITLE_PX + tick_extent_px(y_ticks, across=True) + 4,
+            AXIS_TITLE_PX + tick_extent_px(x_ticks, across=False) + 8)
 
 
 def label_extent_px(labels: Sequence[str]) -> int:

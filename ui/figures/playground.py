@@ -286,11 +286,11 @@ def _heatmap_grid_figure(pooled, plan, query_labels, key_labels, head_names, tit
     with_text = pooled.size <= MAX_HOVER_TEXT_CELLS
     panel_height = plan.plot_height + 40  # the facet's title and the gap above it
     x_ticks = tick_labels(x_labels, plan.cell_width, rotate_if_crowded=True)
-    bottom = AXIS_TITLE_PX + tick_extent_px(x_ticks, across=False) + 8  # the key labels
+    y_ticks = tick_labels(y_labels, plan.cell_height)
+    left, bottom = query_key_margins(x_ticks, y_ticks)
     height = 70 + rows * panel_height + bottom
     axes, annotations = _facet_grid(
         num_heads, rows, cols, names, hgap=0.04, vgap=min(0.3, 44 / max(height - 180, 1)))
-    y_ticks = tick_labels(y_labels, plan.cell_height)
     traces = []
     for head in range(num_heads):
         suffix = _axis_suffix(head)
@@ -355,8 +355,7 @@ def _heatmap_grid_figure(pooled, plan, query_labels, key_labels, head_names, tit
         height=height,
         **axes,
     )
-    fixed_margins(layout, left=AXIS_TITLE_PX + tick_extent_px(y_ticks, across=True) + 4,
-                  right=COLORBAR_PX, top=70, bottom=bottom)
+    fixed_margins(layout, left=left, right=COLORBAR_PX, top=70, bottom=bottom)
     return go.Figure(dict(data=traces, layout=layout))
 
 
