@@ -153,21 +153,26 @@ def serve_app(log_path: pathlib.Path, app: pathlib.Path | None = None):
 def measure_streamlit_reference(browser, url: str, repeats: int, server: "ServerLog"):
     """Samples of a selector change on `_STREAMLIT_REFERENCE_APP`, as `measure_size` takes
     them on the app: the part of a rerun that is Streamlit's and Plotly's whatever the app does."""
-    from ui import params
-
     context, page = _new_page(browser)
     page.goto(url)
     _wait_done(page, PLAYGROUND_CHARTS, "none")
-    samples = ([], [], [])
-    for repeat in range(repeats + 1):
-        name = ["cosine", "dot"][repeat % 2]
-        result = _timed(page, server, PLAYGROUND_CHARTS, lambda: _enter(page), f"ref{repeat}",
-                        prepare=lambda: _type_option(page, params.SELECTOR, name))
-        if repeat:  # the first one only warms up
-            for values, value in zip(samples, result):
-                values.append(value)
+    changes = _selector_changes(page, server, PLAYGROUND_CHARTS, repeats, "ref")
     context.close()
+    samples = tuple(list(values) for values in zip(*changes[1:]))  # the first only warms up
     return {"selectbox change, three 8 × 48 heatmaps redrawn": samples}
+
+
+def _selector_changes(page, server: "ServerLog", keys, repeats: int, stamp: str) -> list:
+    """`_timed` samples of `repeats + 1` changes of the selector box, alternating between two
+    selectors (so from the third on, each has been seen before); the first fills the cache."""
+    from ui import params
+
+    samples = []
+    for repeat in range(repeats + 1):
+        name = ("cosine", "dot")[repeat % 2]
+        samples.append(_timed(page, server, keys, lambda: _enter(page), f"{stamp}{repeat}",
+                              prepare=lambda: _type_option(page, params.SELECTOR, name)))
+    return samples
 
 
 class ServerLog:
@@ -305,14 +310,9 @@ def measure_size(browser, url: str, size: str, query: str, repeats: int,
         if repeat < repeats - 1:
             context.close()
 
-    selectors = ["cosine", "dot"]
-    for repeat in range(repeats + 1):  # the first change of each pair fills the cache
-        name = selectors[repeat % 2]
-        result = _timed(page, server, ["selection_view", "head_heatmaps"], lambda: _enter(page),
-                        f"sel{repeat}", prepare=lambda: _type_option(page, params.SELECTOR, name))
-        if repeat:
-            record("selector change (seen before)" if repeat > 1 else "selector change (new)",
-                   *result)
+    changes = _selector_changes(page, server, ["selection_view", "head_heatmaps"], repeats, "sel")
+    for repeat, result in enumerate(changes[1:], start=1):
+        record("selector change (seen before)" if repeat > 1 else "selector change (new)", *result)
 
     slider = page.locator(f".st-key-{params.TOP_K} input[type='range']")
     for repeat in range(repeats):  # alternate k and k + 1: both cached after the first pair
