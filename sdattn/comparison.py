@@ -284,14 +284,15 @@ def measure_layer(example, layer, dense, *, label, top_k, key_dim, repeats=3):
     """
     query = example.to_sparse_tensor()
     value = tf.constant(example.value)
-    masks = dict(query_mask=tf.constant(example.query_mask), value_mask=tf.constant(example.value_mask))
+    call_args = dict(query_mask=tf.constant(example.query_mask),
+                     value_mask=tf.constant(example.value_mask))
     if top_k != layer.top_k:
-        masks["top_k"] = top_k
-    output, scores, indices = layer(query, value, return_attention_scores=True, **masks)
+        call_args["top_k"] = top_k
+    output, scores, indices = layer(query, value, return_attention_scores=True, **call_args)
     durations = []
     for _ in range(repeats):
         start = time.perf_counter()
-        layer(query, value, **masks)
+        layer(query, value, **call_args)
         durations.append((time.perf_counter() - start) * 1e3)
 
     indices = indices.numpy().astype(np.int32)

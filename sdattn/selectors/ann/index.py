@@ -56,7 +56,8 @@ class _IndexEntry:
         key_norms: float32 `[N]` key norms for re-scoring sq8 candidates by cosine, else None.
         build_seconds: wall time spent building it.
         lists: `sparse_search.LazyLists` of the index: its inverted lists as arrays, for
-            searching sparse query rows (None for any index but a CPU `IndexIVFFlat`).
+            searching sparse query rows (`get()` is None for any index but a CPU
+            `IndexIVFFlat`).
     """
 
     def __init__(self, index, key_ids, num_valid, kind, storage, key_norms, build_seconds):

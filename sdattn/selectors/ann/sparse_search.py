@@ -19,7 +19,8 @@ class InvertedLists(NamedTuple):
 
     Attributes:
         centroids_t: float32 `[D, L]`, the coarse quantizer's L centroids as columns.
-        offsets: int64 `[L + 1]`, where each list starts in `keys`.
+        offsets: int64 `[L + 1]`, the row where each list starts (in `ids`; in `keys_t` at
+            `D·offsets[l]`).
         keys_t: float32 `[n·D]`, the indexed rows (normalised, for cosine) list after list,
             each list of s rows transposed to `[D, s]` (from `D·offsets[l]` on).
         ids: int64 `[n]`, the index id of each row.
@@ -44,8 +45,7 @@ def inverted_lists(index):
 
     if not isinstance(index, faiss.IndexIVFFlat):  # GPU indexes are other classes
         return None
-    ivf = index
-    dim, num_lists, lists = ivf.d, ivf.nlist, ivf.invlists
+    dim, num_lists, lists = index.d, index.nlist, index.invlists
     sizes = np.array([lists.list_size(lst) for lst in range(num_lists)], np.int64)  # [L]
     offsets = np.zeros(num_lists + 1, np.int64)  # [L + 1]
     np.cumsum(sizes, out=offsets[1:])
@@ -54,10 +54,10 @@ def inverted_lists(index):
     for lst in np.flatnonzero(sizes):
         size, start = int(sizes[lst]), int(offsets[lst])
         ids[start:start + size] = faiss.rev_swig_ptr(lists.get_ids(int(lst)), size)
-        codes = faiss.rev_swig_ptr(lists.get_codes(int(lst)), size * ivf.code_size)  # uint8 [size·D·4]
+        codes = faiss.rev_swig_ptr(lists.get_codes(int(lst)), size * index.code_size)  # uint8 [size·D·4]
         block = keys_t[dim * start:dim * (start + size)].reshape(dim, size)  # [D, size], a view
         block[:] = codes.view(np.float32).reshape(size, dim).T  # [size, D] -> [D, size]
-    centroids = ivf.quantizer.reconstruct_n(0, num_lists)  # [L, D]
+    centroids = index.quantizer.reconstruct_n(0, num_lists)  # [L, D]
     return InvertedLists(np.ascontiguousarray(centroids.T), offsets, keys_t, ids)
 
 
