@@ -131,6 +131,20 @@ def test_k_sweep_draws_one_line_per_selector_and_metric_with_the_k_marker():
     assert len(marks) == 2 and marks[0]["x"] == pytest.approx(math.log10(4))
 
 
+def test_k_sweep_tick_labels_never_print_over_each_other():
+    """256 and N = 400 (the real-text input's sweep) printed as one "25400" in a narrow facet:
+    labelled ticks stay at least 0.8 octave apart, N is always labelled, gridlines stay."""
+    ks = [1, 4, 5, 16, 64, 256, 400]
+    spec = decoded(figures.k_sweep_figure(
+        ["dot"], ks, {"recall": np.ones((1, len(ks)))}, metric_titles={"recall": "recall@k"},
+        current_k=5))
+    axis = spec["layout"]["xaxis"]
+    assert list(axis["tickvals"]) == ks
+    assert axis["ticktext"] == ["1", "", "5", "16", "64", "", "400"]
+    labelled = [k for k, text in zip(ks, axis["ticktext"]) if text]
+    assert min(np.diff(np.log2(labelled))) >= 0.8
+
+
 # ----------------------------------------------------------------------------- head agreement
 
 

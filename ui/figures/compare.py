@@ -226,6 +226,23 @@ def metric_histograms_figure(
     return go.Figure(dict(data=traces, layout=layout))
 
 
+# Labelled ticks of the k-sweep's log axis are at least this many octaves apart: closer ones
+# (256 and N = 400, or 4 and a page's k of 5) print over each other in a narrow facet.
+K_TICK_MIN_OCTAVES = 0.8
+
+
+def _k_tick_text(ks: Sequence[int]) -> list[str]:
+    """Tick labels of the sweep's increasing `ks`: N (the last) always, then from right to left
+    each k at least `K_TICK_MIN_OCTAVES` below the last labelled one; the others are blank."""
+    text = [""] * len(ks)
+    labelled = None
+    for position in range(len(ks) - 1, -1, -1):
+        if labelled is None or math.log2(labelled / ks[position]) >= K_TICK_MIN_OCTAVES:
+            text[position] = str(ks[position])
+            labelled = ks[position]
+    return text
+
+
 def k_sweep_figure(
     selectors: Sequence[str],
     ks: Sequence[int],
@@ -278,7 +295,7 @@ def k_sweep_figure(
                               "%{y:.3f}<extra></extra>",
             ))
         axes[f"xaxis{suffix}"].update(
-            type="log", tickvals=ks, ticktext=[str(k) for k in ks],
+            type="log", tickvals=ks, ticktext=_k_tick_text(ks),
             title=dict(text="k (keys per query)"))
         axes[f"yaxis{suffix}"].update(range=[-0.02, 1.05])
         if current_k is not None:
