@@ -292,6 +292,11 @@ def floor(args):
         _report(label, _median_ms(tf.function(step), args.repeats))
 
 
+def _comma_separated(kind):
+    """An argparse `type` for a comma-separated list of `kind` values."""
+    return lambda text: [kind(part) for part in text.split(",")]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python benchmarks/micro.py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,20 +311,18 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=1024)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--width", type=int, default=256)
-    p.add_argument("--densities", type=lambda t: [float(x) for x in t.split(",")], default=[0.008, 0.012, 0.031])
+    p.add_argument("--densities", type=_comma_separated(float), default=[0.008, 0.012, 0.031])
     p.set_defaults(run=projection)
-    p = sub.add_parser("recall", parents=[common], help=recall.__doc__)
-    p.add_argument("--keys", type=lambda t: [int(x) for x in t.split(",")], default=[16_384, 65_536])
-    p.add_argument("--nprobe", type=lambda t: [int(x) for x in t.split(",")], default=[0, 2, 4],
-                   help="0 = the default")
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    # `recall` and `ann-search` both search Config P keys of several sizes.
+    searches = argparse.ArgumentParser(add_help=False, parents=[common])
+    searches.add_argument("--keys", type=_comma_separated(int), default=[16_384, 65_536])
+    searches.add_argument("--k", type=int, default=32)
+    searches.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("recall", parents=[searches], help=recall.__doc__)
+    p.add_argument("--nprobe", type=_comma_separated(int), default=[0, 2, 4], help="0 = the default")
     p.set_defaults(run=recall)
-    p = sub.add_parser("ann-search", parents=[common], help=ann_search.__doc__)
-    p.add_argument("--keys", type=lambda t: [int(x) for x in t.split(",")], default=[16_384, 65_536])
-    p.add_argument("--stored", type=lambda t: [int(x) for x in t.split(",")], default=[16, 32, 64, 128])
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("ann-search", parents=[searches], help=ann_search.__doc__)
+    p.add_argument("--stored", type=_comma_separated(int), default=[16, 32, 64, 128])
     p.set_defaults(run=ann_search)
     p = sub.add_parser("dot-tiles", parents=[common], help=dot_tiles.__doc__)
     p.add_argument("--keys", type=int, default=4_096)
