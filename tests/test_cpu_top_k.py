@@ -76,10 +76,12 @@ def test_both_paths_equal_tf_top_k(path_name, data):
     _check_equals_tf_top_k(scores, k, _PATHS[path_name])
 
 
-@pytest.mark.parametrize("shape,k", [((2, 8, 215, 4096), 32), ((1, 1, 3, 16384), 128), ((2, 1, 70, 1001), 250)])
+@pytest.mark.parametrize("shape,k", [((2, 8, 215, 4096), 32), ((1, 1, 3, 16384), 128), ((2, 1, 70, 1001), 250),
+                                     ((2, 4, 64, 1024), 8)])
 def test_kernel_equals_tf_top_k_at_selection_sizes(shape, k):
-    """The shapes `dot` and `cosine` select over (N = 4,096 per head; a shared 16K block), and a
-    row length no group count divides: all above 16K scores, so compiled."""
+    """The shapes `dot` and `cosine` select over (N = 4,096 per head; a shared 16K block), a row
+    length no group count divides, and a small k (fewer than 64 super groups: every group is
+    looked at for candidates): all above 16K scores, so compiled."""
     rng = np.random.default_rng(stable_seed(shape, k))
     scores = _scores(rng, shape, "normal", "float32")
     scores[..., rng.random(shape[-1]) < 0.1] = -np.inf
