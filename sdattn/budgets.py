@@ -36,6 +36,11 @@ FUSED_COSINE_DENSITY = 0.125
 # Gathered raw rows [B, M, k, D] above this many elements per batch item (128 MB of float32)
 # take the projecting path instead of the folded one.
 FOLD_GATHER_ELEMENTS = 2**25
+# At inference `dot`'s selected raw value rows are summed by the compiled kernel
+# (`sdattn.value_mixing`) from this many selected elements per batch item (H·M·k·Dv; 2 M) up:
+# below it TF's ops take less time than loading Numba does, so small calls (the app's default
+# sizes) never load it.
+VALUE_MIXING_MIN_ELEMENTS = 2**21
 
 # ---- the `ann` index ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from sdattn import backend, budgets, plan as plan_lib
 from sdattn import selectors as selectors_lib
 from sdattn import arguments
 from sdattn.selectors import cpu_top_k
+from sdattn import value_mixing
 from sdattn.masking import AttentionMask
 
 
@@ -244,9 +245,12 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             attention_output, scores = self._attend_folded(
                 projected_query, key, value, indices, slot_valid, bias, training)
         elif plan.path == plan_lib.REUSED_LOGITS:
-            selected_value = self._selected_tokens(value, self._value_dense, indices, plan)  # [B, H, M, k, vd]
-            scores, weights = self._slot_weights(slot_logits, slot_valid, bias, training)
-            attention_output = ops.einsum("bhmk,bhmkd->bmhd", weights, selected_value)  # [B, M, H, vd]
+            scores, weights = self._slot_weights(slot_logits, slot_valid, bias, training)  # [B, S, M, k] each
+            if plan.mixes_raw_values:
+                attention_output = self._attend_mixed(value, indices, weights)  # [B, M, H, vd]
+            else:
+                selected_value = self._selected_tokens(value, self._value_dense, indices, plan)  # [B, H, M, k, vd]
+                attention_output = ops.einsum("bhmk,bhmkd->bmhd", weights, selected_value)  # [B, M, H, vd]
         else:
             selected_key = self._selected_keys(context, key, indices, plan)  # [B, H, M, k, kd]
             selected_value = self._selected_tokens(value, self._value_dense, indices, plan)  # [B, H, M, k, vd]
@@ -280,7 +284,8 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             mask_heads=1 if mask is None else mask.num_mask_heads,
             training=training, eager=backend.executing_eagerly(),
             custom_attention=self._overrides_attention(), fast_paths=self._fast_paths,
-            cpu_top_k_available=cpu_top_k.available())
+            cpu_top_k_available=cpu_top_k.available(),
+            compute_dtype=keras.backend.standardize_dtype(self.compute_dtype))
 
     def _call_top_k(self, top_k):
         """A call's `top_k` argument checked, or the layer's when it is None."""
@@ -515,6 +520,34 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             weight_sums = ops.sum(weights, axis=-1)  # [B, M, H]
             attention_output = attention_output + weight_sums[..., None] * ops.cast(self._value_dense.bias, query.dtype)
         return attention_output, ops.transpose(scores, by_query)  # [B, H, M, k]
+
+    def _attend_mixed(self, value, indices, weights):
+        """The reused-logits path's attention output without projecting any value token.
+
+        Σ_j w_j (W_V x_j + b_V) = W_V (Σ_j w_j x_j) + b_V Σ_j w_j: each (query, head)'s selected
+        raw rows are summed by the compiled CPU kernel (`sdattn.value_mixing`), then the value
+        kernel is applied to one sum per (query, head). Same maths as the gather-and-einsum
+        path, up to rounding.
+
+        Args:
+            value: raw tokens `[B, N, Dv]`.
+            indices: in-range selection `[B, S, M, k]`.
+            weights: the slots' attention weights `[B, S, M, k]`, zero at invalid slots.
+
+        Returns:
+            `[B, M, H, vd]`.
+        """
+        batch, _, num_queries, slots = backend.dynamic_shape(indices)
+        per_head = (batch, self._num_heads, num_queries, slots)  # [B, H, M, k]
+        indices = ops.broadcast_to(indices, per_head)
+        weights = ops.broadcast_to(weights, per_head)
+        mixed_tokens = value_mixing.mix(value, indices, weights)  # [B, M, H, Dv]
+        value_kernel = ops.cast(self._value_dense.kernel, mixed_tokens.dtype)  # [Dv, H, vd]
+        attention_output = ops.einsum("bmhd,dhe->bmhe", mixed_tokens, value_kernel)  # [B, M, H, vd]
+        if self._use_bias:
+            weight_sums = ops.transpose(ops.sum(weights, axis=-1), (0, 2, 1))  # [B, M, H]
+            attention_output = attention_output + weight_sums[..., None] * ops.cast(self._value_dense.bias, attention_output.dtype)
+        return attention_output
 
     def _slot_weights(self, logits, slot_valid, bias=None, training=None):
         """Masked softmax over the slots (the last axis), then dropout: `(scores, weights)`,

@@ -25,6 +25,9 @@ class AttentionPlan:
         cpu_top_k: exact top-k may use the compiled CPU kernel (`selectors.cpu_top_k`).
         waits_for_selection: attention starts after the selection (which runs outside TF's
             thread pools) instead of competing with it for the cores.
+        mixes_raw_values: on the `REUSED_LOGITS` path, each (query, head)'s selected raw value
+            rows are summed by the compiled CPU kernel (`sdattn.value_mixing`) and the value
+            kernel applied to the sum, instead of projecting the values and gathering them.
     """
 
     path: str
@@ -33,12 +36,13 @@ class AttentionPlan:
     project_selected: bool
     cpu_top_k: bool
     waits_for_selection: bool
+    mixes_raw_values: bool = False
 
 
 def plan_attention(*, num_queries, num_keys, key_features, value_features, num_heads, key_dim,
                    value_dim, top_k, per_head, scores_are_logits, selects_outside_tf,
                    mask_heads=1, training=None, eager=False, custom_attention=False,
-                   fast_paths=True, cpu_top_k_available=False):
+                   fast_paths=True, cpu_top_k_available=False, compute_dtype="float32"):
     """Chooses the attention path of one call.
 
     Args:
@@ -58,7 +62,9 @@ def plan_attention(*, num_queries, num_keys, key_features, value_features, num_h
         custom_attention: whether a subclass overrides `_compute_attention` (only the standard
             path calls it).
         fast_paths: the layer's `fast_paths`; False always plans the standard path in TF ops.
-        cpu_top_k_available: `cpu_top_k.available()` for the graph being built.
+        cpu_top_k_available: `cpu_top_k.available()` for the graph being built (the compiled
+            CPU kernels may run).
+        compute_dtype: the layer's compute dtype, as a string.
 
     Returns:
         An `AttentionPlan`.
@@ -77,10 +83,33 @@ def plan_attention(*, num_queries, num_keys, key_features, value_features, num_h
             # Not while training: the logits' gradient would then flow through top-k, which
             # builds a dense [B, H, M, block] gradient per key block.
             path = REUSED_LOGITS
+    cpu_kernels = bool(fast_paths and cpu_top_k_available)
+    mixes_raw_values = (path == REUSED_LOGITS and cpu_kernels and compute_dtype in ("float32", "float64")
+                        and _mixing_costs_less(num_queries, num_keys, value_features, num_heads,
+                                               value_dim, slots, selection_heads))
     return AttentionPlan(path=path, slots=slots, selection_heads=selection_heads,
-                         project_selected=project_selected,
-                         cpu_top_k=bool(fast_paths and cpu_top_k_available),
-                         waits_for_selection=bool(selects_outside_tf and not eager))
+                         project_selected=project_selected, cpu_top_k=cpu_kernels,
+                         waits_for_selection=bool(selects_outside_tf and not eager),
+                         mixes_raw_values=mixes_raw_values)
+
+
+def _mixing_costs_less(num_queries, num_keys, value_features, num_heads, value_dim, slots,
+                       selection_heads):
+    """Whether summing each head's selected raw value rows, then applying the value kernel,
+    costs fewer multiply-adds than projecting the values (all N, or each selected token once
+    when fewer), and the call is large enough to be worth the compiled kernel.
+
+    Mixing costs H·k·Dv per query and the value kernel Dv·H·vd per query; projecting costs
+    Dv·H·vd per projected token.
+    """
+    if num_queries is None or num_keys is None or value_features is None:
+        return False
+    mixed_elements = num_heads * num_queries * slots * value_features
+    if mixed_elements < budgets.VALUE_MIXING_MIN_ELEMENTS:
+        return False
+    mixing = mixed_elements + num_queries * value_features * num_heads * value_dim
+    projected = min(num_keys, selection_heads * num_queries * slots) * value_features * num_heads * value_dim
+    return mixing < projected
 
 
 def _folding_costs_less(num_queries, num_keys, key_features, value_features, num_heads,

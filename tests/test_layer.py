@@ -623,6 +623,21 @@ def test_attention_plan_choices():
     assert _plan(num_queries=2, num_keys=4096).project_selected  # 2·32 slots < 4,096 tokens
 
 
+def test_the_plan_mixes_raw_values_where_it_costs_less_and_the_kernel_can_run():
+    """`dot` at inference on Config P at 4,096 keys: H·M·k·Dv + M·Dv·H·vd = 67 M multiply-adds
+    to mix raw values (`sdattn.value_mixing`) against 268 M to project every value."""
+    dot = dict(per_head=True, scores_are_logits=True)
+    assert _plan(**dot).path == plan_lib.REUSED_LOGITS and _plan(**dot).mixes_raw_values
+    assert not _plan(**dot, training=True).mixes_raw_values  # the standard path then
+    assert not _plan(**dot, cpu_top_k_available=False).mixes_raw_values  # JAX, XLA, a GPU, switched off
+    assert not _plan(**dot, fast_paths=False).mixes_raw_values
+    assert not _plan(**dot, compute_dtype="float16").mixes_raw_values
+    assert not _plan(**dot, num_queries=8).mixes_raw_values  # below the budget: TF's ops
+    assert not _plan(**dot, num_keys=512).mixes_raw_values  # projecting 512 tokens costs less
+    assert not _plan(**dot, num_keys=None).mixes_raw_values
+    assert not _plan().mixes_raw_values  # a shared selection folds instead
+
+
 def test_overridden_compute_attention_sees_every_call_and_still_matches_keras():
     calls = []
 

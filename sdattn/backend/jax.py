@@ -152,6 +152,10 @@ def cpu_top_k(scores, k, top_k_numpy):  # pragma: no cover - never planned on JA
     raise NotImplementedError("The compiled CPU top-k runs on TensorFlow only; JAX uses lax.top_k.")
 
 
+def mixed_rows(tokens, indices, weights, mix_numpy, mix_in_ops):  # pragma: no cover - never planned on JAX
+    raise NotImplementedError("The compiled value mixing runs on TensorFlow only; JAX mixes in keras.ops.")
+
+
 def gather_batched(x, indices, batch_dims):
     """`x [b..., N, *rest]` at `indices [b..., *L]`: `[b..., *L, *rest]` (as TF's `tf.gather`
     with `batch_dims`), one `take` mapped over the leading batch axes."""

@@ -204,6 +204,35 @@ def cpu_top_k(scores, k, top_k_numpy):
     return selected(scores), indices
 
 
+def mixed_rows(tokens, indices, weights, mix_numpy, mix_in_ops):
+    """`mix_numpy(tokens, indices, weights)` as a TF op: eagerly on the tensors' buffers, or
+    through `tf.numpy_function` inside a `tf.function`. Its gradient (in `tokens` and `weights`)
+    is that of `mix_in_ops`, the same sum in TF ops, recomputed under a tape when asked for.
+
+    Returns:
+        `[B, M, H, D]` of the tokens' dtype, for `indices` and `weights` `[B, H, M, k]`.
+    """
+    shape = tf.TensorShape([tokens.shape[0], indices.shape[2], indices.shape[1], tokens.shape[-1]])
+
+    @tf.custom_gradient
+    def mixed(tokens, weights):
+        if tf.executing_eagerly():
+            result = tf.constant(mix_numpy(np.asarray(tokens), np.asarray(indices), np.asarray(weights)))  # no copy
+        else:
+            result = tf.numpy_function(mix_numpy, [tokens, indices, weights], tokens.dtype, stateful=False)
+            result = tf.ensure_shape(result, shape)
+
+        def gradient(upstream):
+            with tf.GradientTape() as tape:
+                tape.watch([tokens, weights])
+                reference = mix_in_ops(tokens, indices, weights)
+            return tape.gradient(reference, [tokens, weights], output_gradients=upstream)
+
+        return result, gradient
+
+    return mixed(tokens, weights)
+
+
 def gather_batched(x, indices, batch_dims):
     """`tf.gather(x, indices, batch_dims=batch_dims)`: rows of `x` along axis `batch_dims`,
     per leading batch index (`keras.ops.take_along_axis` broadcasts and transposes instead)."""
