@@ -41,6 +41,10 @@ FOLD_GATHER_ELEMENTS = 2**25
 # below it TF's ops take less time than loading Numba does, so small calls (the app's default
 # sizes) never load it.
 VALUE_MIXING_MIN_ELEMENTS = 2**21
+# The folded path's logits, softmax and mixing run in the compiled kernel
+# (`sdattn.folded_attention`) from this many selected raw elements per batch item (M·k·D; 2 M)
+# up, for the same reason.
+FOLDED_KERNEL_MIN_ELEMENTS = 2**21
 
 # ---- the `ann` index ----------------------------------------------------------------------------
 

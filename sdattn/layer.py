@@ -13,7 +13,7 @@ from sdattn import backend, budgets, plan as plan_lib
 from sdattn import selectors as selectors_lib
 from sdattn import arguments
 from sdattn.selectors import cpu_top_k
-from sdattn import value_mixing
+from sdattn import folded_attention, value_mixing
 from sdattn.masking import AttentionMask
 
 
@@ -243,7 +243,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         bias = self.selector.attention_bias(context, ops.where(slot_valid, indices, 0))
         if plan.path == plan_lib.FOLDED:
             attention_output, scores = self._attend_folded(
-                projected_query, key, value, indices, slot_valid, bias, training)
+                projected_query, key, value, indices, slot_valid, bias, training, plan.compiled_folding)
         elif plan.path == plan_lib.REUSED_LOGITS:
             scores, weights = self._slot_weights(slot_logits, slot_valid, bias, training)  # [B, S, M, k] each
             if plan.mixes_raw_values:
@@ -469,7 +469,8 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             return self._project_selected(tokens, projection, indices)  # [B, H, M, k, d]
         return self._gather_heads(projection(tokens), indices)  # [B, H, M, k, d]
 
-    def _attend_folded(self, query, key, value, indices, slot_valid, bias=None, training=None):
+    def _attend_folded(self, query, key, value, indices, slot_valid, bias=None, training=None,
+                       compiled=False):
         """Attention over a shared selection without projecting any key or value token.
 
         q·(W_K x + b_K) = (W_Kᵀ q)·x + q·b_K, and Σ_j w_j (W_V x_j + b_V) = W_V(Σ_j w_j x_j) +
@@ -484,28 +485,74 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             slot_valid: bool `[B, S', M, k]`.
             bias: optional selector logits term.
             training: Keras training flag.
+            compiled: the plan's `compiled_folding`: the logits, softmax and mixing run in the
+                compiled CPU kernel (`sdattn.folded_attention`), the same numbers up to rounding.
 
         Returns:
             `(attention_output [B, M, H, vd], scores [B, H, M, k])`.
         """
         batch, _, num_queries, slots = backend.dynamic_shape(indices)
-        flat = ops.reshape(indices, (batch, -1))  # [B, M·k]
-        selected_keys = backend.gather_batched(key, flat, 1)  # [B, M·k, Dk]
-        selected_keys = ops.reshape(selected_keys, (batch, num_queries, slots, key.shape[-1]))  # [B, M, k, Dk]
+        shared = ops.reshape(indices, (batch, num_queries, slots))  # [B, M, k]
         key_kernel = ops.cast(self._key_dense.kernel, query.dtype)  # [Dk, H, kd]
         folded_query = ops.einsum("bmhe,dhe->bmhd", query, key_kernel)  # [B, M, H, Dk]
-        # Rows stay [B, M, H, k] until the end: one batched matmul per query, no transposes.
-        logits = ops.matmul(folded_query, ops.swapaxes(selected_keys, -1, -2))  # [B, M, H, k]
+        offset = None
         if self._use_bias:
             # q·b_K, the same for every slot of a (query, head) row: the softmax ignores it, but
             # it keeps Keras's logits (and the key bias's gradient, zero, defined).
-            key_bias = ops.cast(self._key_dense.bias, query.dtype)  # [H, kd]
-            logits = logits + ops.sum(query * key_bias, axis=-1, keepdims=True)  # [B, M, H, 1]
-        by_query = (0, 2, 1, 3)  # [B, H, M, k] ↔ [B, M, H, k]
-        slot_valid = ops.transpose(slot_valid, by_query)  # [B, M, S', k]
+            offset = ops.sum(query * ops.cast(self._key_dense.bias, query.dtype), axis=-1)  # [B, M, H]
         if bias is not None:
             bias = ops.convert_to_tensor(bias)
             bias = ops.reshape(bias, (1,) * (4 - len(bias.shape)) + backend.dynamic_shape(bias))  # [B|1, S|1, M, k]
+        values = None if value is key else value
+
+        def in_ops(folded_query, key, values, bias, offset, training=None):
+            return self._folded_in_ops(folded_query, key, key if values is None else values, shared,
+                                       slot_valid, bias, offset, training)
+
+        if compiled:
+            if bias is not None:
+                bias_heads = bias.shape[1] if bias.shape[1] is not None else self._num_heads
+                bias = ops.broadcast_to(ops.cast(bias, folded_query.dtype), (batch, bias_heads, num_queries, slots))  # [B, S, M, k]
+            scores, mixed_tokens = folded_attention.attend(
+                folded_query, key, values, shared, slot_valid, bias, offset,
+                reference=lambda *tensors: in_ops(*tensors)[::2])  # [B, M, H, ·] each
+            weights = scores  # not while training: no dropout
+        else:
+            scores, weights, mixed_tokens = in_ops(folded_query, key, values, bias, offset, training)
+        value_kernel = ops.cast(self._value_dense.kernel, query.dtype)  # [Dv, H, vd]
+        attention_output = ops.einsum("bmhd,dhe->bmhe", mixed_tokens, value_kernel)  # [B, M, H, vd]
+        if self._use_bias:
+            weight_sums = ops.sum(weights, axis=-1)  # [B, M, H]
+            attention_output = attention_output + weight_sums[..., None] * ops.cast(self._value_dense.bias, query.dtype)
+        return attention_output, ops.transpose(scores, (0, 2, 1, 3))  # [B, H, M, k]
+
+    def _folded_in_ops(self, folded_query, key, value, indices, slot_valid, bias, offset, training):
+        """The folded path's logits, softmax and mixing in TF ops (see `_attend_folded`).
+
+        Args:
+            folded_query: `[B, M, H, Dk]`.
+            key, value: raw tokens `[B, N, Dk]`, `[B, N, Dv]` (value may be key).
+            indices: `[B, M, k]` in-range positions.
+            slot_valid: bool `[B, S', M, k]`.
+            bias: None or `[B|1, S|1, M, k]`.
+            offset: None or `[B, M, H]`, the logits' q·b_K.
+            training: Keras training flag.
+
+        Returns:
+            `(scores, weights, mixed_tokens)`: `[B, M, H, k]` twice (weights after dropout),
+            and `[B, M, H, Dv]`.
+        """
+        batch, num_queries, slots = backend.dynamic_shape(indices)
+        flat = ops.reshape(indices, (batch, -1))  # [B, M·k]
+        selected_keys = backend.gather_batched(key, flat, 1)  # [B, M·k, Dk]
+        selected_keys = ops.reshape(selected_keys, (batch, num_queries, slots, key.shape[-1]))  # [B, M, k, Dk]
+        # Rows stay [B, M, H, k] until the end: one batched matmul per query, no transposes.
+        logits = ops.matmul(folded_query, ops.swapaxes(selected_keys, -1, -2))  # [B, M, H, k]
+        if offset is not None:
+            logits = logits + offset[..., None]  # [B, M, H, 1]
+        by_query = (0, 2, 1, 3)  # [B, H, M, k] ↔ [B, M, H, k]
+        slot_valid = ops.transpose(slot_valid, by_query)  # [B, M, S', k]
+        if bias is not None:
             bias = ops.transpose(bias, by_query)  # [B, M, S', k]
         scores, weights = self._slot_weights(logits, slot_valid, bias, training)  # [B, M, H, k] each
         if value is key:
@@ -514,12 +561,7 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
             selected_values = backend.gather_batched(value, flat, 1)  # [B, M·k, Dv]
             selected_values = ops.reshape(selected_values, (batch, num_queries, slots, value.shape[-1]))  # [B, M, k, Dv]
         mixed_tokens = ops.matmul(weights, selected_values)  # [B, M, H, Dv]
-        value_kernel = ops.cast(self._value_dense.kernel, query.dtype)  # [Dv, H, vd]
-        attention_output = ops.einsum("bmhd,dhe->bmhe", mixed_tokens, value_kernel)  # [B, M, H, vd]
-        if self._use_bias:
-            weight_sums = ops.sum(weights, axis=-1)  # [B, M, H]
-            attention_output = attention_output + weight_sums[..., None] * ops.cast(self._value_dense.bias, query.dtype)
-        return attention_output, ops.transpose(scores, by_query)  # [B, H, M, k]
+        return scores, weights, mixed_tokens
 
     def _attend_mixed(self, value, indices, weights):
         """The reused-logits path's attention output without projecting any value token.

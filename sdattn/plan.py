@@ -28,6 +28,8 @@ class AttentionPlan:
         mixes_raw_values: on the `REUSED_LOGITS` path, each (query, head)'s selected raw value
             rows are summed by the compiled CPU kernel (`sdattn.value_mixing`) and the value
             kernel applied to the sum, instead of projecting the values and gathering them.
+        compiled_folding: on the `FOLDED` path, the logits, softmax and mixing over the
+            selected raw rows run in the compiled CPU kernel (`sdattn.folded_attention`).
     """
 
     path: str
@@ -37,6 +39,7 @@ class AttentionPlan:
     cpu_top_k: bool
     waits_for_selection: bool
     mixes_raw_values: bool = False
+    compiled_folding: bool = False
 
 
 def plan_attention(*, num_queries, num_keys, key_features, value_features, num_heads, key_dim,
@@ -87,10 +90,16 @@ def plan_attention(*, num_queries, num_keys, key_features, value_features, num_h
     mixes_raw_values = (path == REUSED_LOGITS and cpu_kernels and compute_dtype in ("float32", "float64")
                         and _mixing_costs_less(num_queries, num_keys, value_features, num_heads,
                                                value_dim, slots, selection_heads))
+    # Not while training: dropout stays TF's, whose own gradient is also cheaper than one
+    # recomputed for the kernel.
+    compiled_folding = bool(
+        path == FOLDED and cpu_kernels and compute_dtype == "float32" and training is not True
+        and num_queries * slots * max(key_features or 0, value_features or 0)
+        >= budgets.FOLDED_KERNEL_MIN_ELEMENTS)
     return AttentionPlan(path=path, slots=slots, selection_heads=selection_heads,
                          project_selected=project_selected, cpu_top_k=cpu_kernels,
                          waits_for_selection=bool(selects_outside_tf and not eager),
-                         mixes_raw_values=mixes_raw_values)
+                         mixes_raw_values=mixes_raw_values, compiled_folding=compiled_folding)
 
 
 def _mixing_costs_less(num_queries, num_keys, value_features, num_heads, value_dim, slots,

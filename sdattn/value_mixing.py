@@ -82,4 +82,8 @@ def mix(tokens, indices, weights):
     Returns:
         `[B, M, H, D]`.
     """
-    return backend.mixed_rows(tokens, indices, weights, mix_numpy, mix_in_ops)
+    shape = (tokens.shape[0], indices.shape[2], indices.shape[1], tokens.shape[-1])  # [B, M, H, D]
+    (mixed,) = backend.host_op(lambda tokens, weights, indices: (mix_numpy(tokens, indices, weights),),
+                               [tokens, weights], [indices], [shape],
+                               lambda tokens, weights: [mix_in_ops(tokens, indices, weights)])
+    return mixed

@@ -638,6 +638,18 @@ def test_the_plan_mixes_raw_values_where_it_costs_less_and_the_kernel_can_run():
     assert not _plan().mixes_raw_values  # a shared selection folds instead
 
 
+def test_the_plan_runs_the_folded_kernel_where_it_can():
+    """A shared selection on Config P at 4,096 keys folds; its attention runs in the compiled
+    kernel (`sdattn.folded_attention`) at inference, in float32, above the budget."""
+    assert _plan().path == plan_lib.FOLDED and _plan().compiled_folding
+    assert not _plan(training=True).compiled_folding  # dropout and the gradient stay TF's
+    assert not _plan(cpu_top_k_available=False).compiled_folding  # JAX, XLA, a GPU, switched off
+    assert not _plan(fast_paths=False).compiled_folding
+    assert not _plan(compute_dtype="float64").compiled_folding
+    assert not _plan(num_queries=8).compiled_folding  # below the budget: TF's ops
+    assert not _plan(per_head=True, scores_are_logits=True).compiled_folding  # not folded
+
+
 def test_overridden_compute_attention_sees_every_call_and_still_matches_keras():
     calls = []
 

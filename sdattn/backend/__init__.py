@@ -41,7 +41,7 @@ sees_accelerator = _impl.sees_accelerator
 legacy_uniform = _impl.legacy_uniform
 host_callback = _impl.host_callback
 cpu_top_k = _impl.cpu_top_k
-mixed_rows = _impl.mixed_rows
+host_op = _impl.host_op
 gather_batched = _impl.gather_batched
 
 

@@ -152,8 +152,8 @@ def cpu_top_k(scores, k, top_k_numpy):  # pragma: no cover - never planned on JA
     raise NotImplementedError("The compiled CPU top-k runs on TensorFlow only; JAX uses lax.top_k.")
 
 
-def mixed_rows(tokens, indices, weights, mix_numpy, mix_in_ops):  # pragma: no cover - never planned on JAX
-    raise NotImplementedError("The compiled value mixing runs on TensorFlow only; JAX mixes in keras.ops.")
+def host_op(numpy_function, differentiable, constant, output_shapes, reference):  # pragma: no cover - never planned on JAX
+    raise NotImplementedError("The compiled attention kernels run on TensorFlow only; JAX attends in keras.ops.")
 
 
 def gather_batched(x, indices, batch_dims):

@@ -204,33 +204,44 @@ def cpu_top_k(scores, k, top_k_numpy):
     return selected(scores), indices
 
 
-def mixed_rows(tokens, indices, weights, mix_numpy, mix_in_ops):
-    """`mix_numpy(tokens, indices, weights)` as a TF op: eagerly on the tensors' buffers, or
-    through `tf.numpy_function` inside a `tf.function`. Its gradient (in `tokens` and `weights`)
-    is that of `mix_in_ops`, the same sum in TF ops, recomputed under a tape when asked for.
+def host_op(numpy_function, differentiable, constant, output_shapes, reference):
+    """`numpy_function(*differentiable, *constant)` as a TF op: eagerly on the tensors' buffers,
+    or through `tf.numpy_function` inside a `tf.function`. Its gradient (in `differentiable`) is
+    that of `reference(*differentiable)`, the same computation in TF ops, recomputed under a
+    tape when a gradient is asked for.
+
+    Args:
+        numpy_function: NumPy arrays in, a tuple of arrays out (each of the first input's dtype).
+        differentiable: tensors the gradient flows to.
+        constant: tensors without a gradient (positions, masks).
+        output_shapes: the outputs' static shapes.
+        reference: `(*differentiable)` → the same outputs, in TF ops.
 
     Returns:
-        `[B, M, H, D]` of the tokens' dtype, for `indices` and `weights` `[B, H, M, k]`.
+        A list of tensors, one per output shape.
     """
-    shape = tf.TensorShape([tokens.shape[0], indices.shape[2], indices.shape[1], tokens.shape[-1]])
+    dtype = differentiable[0].dtype
 
     @tf.custom_gradient
-    def mixed(tokens, weights):
+    def op(*tensors):
         if tf.executing_eagerly():
-            result = tf.constant(mix_numpy(np.asarray(tokens), np.asarray(indices), np.asarray(weights)))  # no copy
+            arrays = [np.asarray(tensor) for tensor in list(tensors) + list(constant)]  # no copy
+            outputs = [tf.constant(part) for part in numpy_function(*arrays)]
         else:
-            result = tf.numpy_function(mix_numpy, [tokens, indices, weights], tokens.dtype, stateful=False)
-            result = tf.ensure_shape(result, shape)
+            outputs = tf.numpy_function(numpy_function, list(tensors) + list(constant),
+                                        [dtype] * len(output_shapes), stateful=False)
+            outputs = [tf.ensure_shape(part, shape) for part, shape in zip(outputs, output_shapes)]
 
-        def gradient(upstream):
+        def gradient(*upstream):
+            upstream = [tf.zeros_like(part) if grad is None else grad for part, grad in zip(outputs, upstream)]
             with tf.GradientTape() as tape:
-                tape.watch([tokens, weights])
-                reference = mix_in_ops(tokens, indices, weights)
-            return tape.gradient(reference, [tokens, weights], output_gradients=upstream)
+                tape.watch(tensors)
+                recomputed = reference(*tensors)
+            return tape.gradient(recomputed, list(tensors), output_gradients=upstream)
 
-        return result, gradient
+        return outputs, gradient
 
-    return mixed(tokens, weights)
+    return op(*differentiable)
 
 
 def gather_batched(x, indices, batch_dims):
