@@ -487,3 +487,32 @@ def test_inverted_lists_only_of_a_flat_ivf_index():
     start, size = int(lists.offsets[first]), int(lists.offsets[first + 1] - lists.offsets[first])
     block = lists.keys_t[8 * start:8 * (start + size)].reshape(8, size)
     np.testing.assert_array_equal(block.T, keys[lists.ids[start:start + size]])
+
+
+@pytest.mark.parametrize("storage", ["flat", "sq8"])
+def test_exactly_sized_lists_hold_what_faiss_add_would(storage, monkeypatch):
+    """`_add_to_exact_lists` sizes each inverted list once; the index must search exactly as one
+    built by Faiss's own chunked `add` (same lists, ids, codes and order), with uneven chunks
+    and masked keys."""
+    import faiss
+
+    from sdattn import budgets
+    from sdattn.selectors.ann import index as index_module
+
+    monkeypatch.setattr(budgets, "ANN_ADD_CHUNK_ROWS", 700)
+    rng = np.random.default_rng(11)
+    keys = rng.normal(size=(3000, 16)).astype("float32")
+    key_ids = np.flatnonzero(rng.random(3000) > 0.1).astype(np.int64)
+    selector = AnnSelector(storage=storage, nlist=20)
+    built = selector._build_index(keys, key_ids, key_ids.size, "ivf", storage)
+    monkeypatch.setattr(index_module, "_add_to_exact_lists",
+                        lambda index, rows_of, chunks: [index.add(rows_of(*chunk)) for chunk in chunks])
+    expected = selector._build_index(keys, key_ids, key_ids.size, "ivf", storage)  # same training sample
+    assert built.ntotal == expected.ntotal == key_ids.size
+    queries = selector._rows(rng.normal(size=(40, 16)).astype("float32"), None, 0, 40)
+    for index in (built, expected):
+        faiss.extract_index_ivf(index).nprobe = 3
+    for got, want in zip(built.search(queries, 25), expected.search(queries, 25)):
+        np.testing.assert_array_equal(got, want)
+    lists, want_lists = faiss.extract_index_ivf(built).invlists, faiss.extract_index_ivf(expected).invlists
+    assert [lists.list_size(i) for i in range(20)] == [want_lists.list_size(i) for i in range(20)]

@@ -140,6 +140,47 @@ def _fingerprint_rows(keys, key_mask=None):
     return np.frombuffer(b"".join(digests), np.uint8).reshape(len(digests), 16)
 
 
+def _add_to_exact_lists(index, rows_of, chunks):
+    """Adds rows to an IVF index as `index.add` would (same lists, same order, same codes), with
+    each inverted list allocated once at its final size.
+
+    `index.add` appends chunk after chunk, and each list's buffer grows by doubling: at 1M keys
+    that left about 112 MB of unused capacity per sq8 index (376 MB for 264 MB of codes and ids).
+    Here a first pass assigns every row to its list, each list is sized exactly, and a second pass
+    encodes the rows and writes each chunk's rows of a list in one call.
+
+    Args:
+        index: a trained, empty `faiss.IndexIVF*` with array inverted lists.
+        rows_of: `(start, stop)` → float32 rows `[stop - start, D]` (ids start..stop - 1).
+        chunks: the `(start, stop)` ranges covering the rows, in order.
+    """
+    faiss = _faiss()
+    ivf = faiss.extract_index_ivf(index)
+    lists = np.concatenate([ivf.quantizer.assign(rows_of(start, stop), 1).ravel()
+                            for start, stop in chunks]).astype(np.int64)  # [n]
+    counts = np.bincount(lists, minlength=ivf.nlist)
+    invlists = ivf.invlists
+    for list_no in np.flatnonzero(counts):
+        invlists.resize(int(list_no), int(counts[list_no]))
+    filled = np.zeros(ivf.nlist, np.int64)
+    for start, stop in chunks:
+        rows = np.ascontiguousarray(rows_of(start, stop), np.float32)
+        chunk_lists = np.ascontiguousarray(lists[start:stop])
+        codes = np.empty((stop - start, invlists.code_size), np.uint8)
+        ivf.encode_vectors(stop - start, faiss.swig_ptr(rows), faiss.swig_ptr(chunk_lists), faiss.swig_ptr(codes), False)
+        order = np.argsort(chunk_lists, kind="stable")  # each list's rows in id order, as add keeps them
+        sorted_lists = chunk_lists[order]
+        ids = np.ascontiguousarray(np.arange(start, stop, dtype=np.int64)[order])
+        codes = np.ascontiguousarray(codes[order])
+        firsts = np.flatnonzero(np.r_[True, sorted_lists[1:] != sorted_lists[:-1]])
+        for first, last in zip(firsts, np.r_[firsts[1:], sorted_lists.size]):
+            list_no, count = int(sorted_lists[first]), int(last - first)
+            invlists.update_entries(list_no, int(filled[list_no]), count,
+                                    faiss.swig_ptr(ids[first:last]), faiss.swig_ptr(codes[first:last]))
+            filled[list_no] += count
+    index.ntotal = ivf.ntotal = int(lists.size)
+
+
 @register_selector(
     "ann", "Approximate nearest neighbours of the raw query among the raw keys (Faiss IVF or "
     "HNSW, cosine or inner product), shared by all heads: the fast path at large N.")
@@ -602,8 +643,13 @@ class AnnSelector(Selector):
             sample = np.sort(np.random.default_rng(0).choice(num_valid, size=train_size, replace=False))
             positions = sample if key_ids is None else key_ids[sample]
             index.train(self._rows(keys, positions, 0, train_size))
-        for start in range(0, num_valid, budgets.ANN_ADD_CHUNK_ROWS):
-            index.add(self._rows(keys, key_ids, start, min(start + budgets.ANN_ADD_CHUNK_ROWS, num_valid)))
+        chunks = [(start, min(start + budgets.ANN_ADD_CHUNK_ROWS, num_valid))
+                  for start in range(0, num_valid, budgets.ANN_ADD_CHUNK_ROWS)]
+        if kind == "ivf":
+            _add_to_exact_lists(index, lambda start, stop: self._rows(keys, key_ids, start, stop), chunks)
+        else:
+            for start, stop in chunks:
+                index.add(self._rows(keys, key_ids, start, stop))
         if self.use_gpu and kind != "hnsw":
             resource = _gpu_resource()
             if resource is not None:
