@@ -74,6 +74,26 @@ def _register_keras_classes():
     importlib.import_module("sdattn.layer")
 
 
+# Set when Keras was first imported by `sdattn.backend` itself (`import sdattn.backend`, or a
+# module that needs it, imported before anything else): the layer needs the backend, so the
+# registration waits until the backend module has run to its end (`_register_pending`).
+_registration_pending = False
+
+
+def _initializing(name):
+    """Whether the module `name` is being imported right now (its code has not run to the end)."""
+    module = sys.modules.get(name)
+    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def _register_pending():
+    """Registers the Keras classes if Keras's import had to put it off (see above)."""
+    global _registration_pending
+    if _registration_pending:
+        _registration_pending = False
+        _register_keras_classes()
+
+
 class _AfterKerasImport(importlib.abc.MetaPathFinder):
     """Registers sdattn's Keras classes as soon as Keras itself is imported.
 
@@ -92,8 +112,12 @@ class _AfterKerasImport(importlib.abc.MetaPathFinder):
         exec_module = spec.loader.exec_module
 
         def exec_then_register(module):
+            global _registration_pending
             exec_module(module)
-            _register_keras_classes()
+            if _initializing("sdattn.backend"):
+                _registration_pending = True
+            else:
+                _register_keras_classes()
 
         spec.loader.exec_module = exec_then_register
         return spec

@@ -39,6 +39,18 @@ def test_the_layer_and_selectors_load_numba_and_faiss_only_when_used():
     assert _loaded_after(statement, ("plotly", "streamlit", "faiss", "numba")) == []
 
 
+@pytest.mark.parametrize("statement", ["import sdattn.backend", "from sdattn import folded_attention",
+                                       "from sdattn import value_mixing", "from sdattn.selectors import cpu_top_k"])
+def test_any_module_imported_first_loads_and_registers_the_keras_classes(statement):
+    """A module that imports Keras before the layer exists (the backend, the kernels' wrappers)
+    must not meet a half-imported backend when Keras's import registers the layer."""
+    code = (f"{statement}\nimport keras\n"
+            "assert keras.saving.get_registered_object('sdattn>SparseDenseMultiHeadAttention')")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+
+
 def _readme_first_example():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Using the layer"):]

@@ -5,6 +5,8 @@ Only `tensorflow.py` and `jax.py` here call their framework; the layer, the mask
 selectors call `keras.ops` and this module.
 """
 
+import importlib
+
 import keras
 from keras import ops
 
@@ -52,3 +54,8 @@ def dynamic_shape(x):
 
 def is_float(x):
     return keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype))
+
+
+# When this module was the first to import Keras, sdattn's Keras classes (whose layer needs
+# this module) are registered now that it is complete.
+importlib.import_module("sdattn")._register_pending()
