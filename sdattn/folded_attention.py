@@ -22,9 +22,6 @@ import numpy as np
 
 from sdattn import backend, workers
 
-#: Compute dtypes the kernel handles.
-DTYPES = ("float32",)
-
 # Query rows per thread below which splitting them over threads costs more than it saves.
 _MIN_ROWS_PER_THREAD = 16
 
@@ -60,12 +57,9 @@ def attend_numpy(folded, keys, values, indices, valid, bias):
     scores = np.empty((batch, num_queries, heads, indices.shape[-1]), np.float32)  # [B, M, H, k]
     mixed = np.empty((batch, num_queries, heads, values.shape[-1]), np.float32)  # [B, M, H, Dv]
     kernel = _kernel()
-    rows = batch * num_queries
-    chunks = max(1, min(workers.WORKERS, rows // _MIN_ROWS_PER_THREAD))
-    bounds = np.linspace(0, rows, chunks + 1).astype(int)
-    workers.parallel_map(
+    workers.parallel_ranges(
         lambda start, stop: kernel(folded, keys, values, indices, valid, bias, start, stop, scores, mixed),
-        bounds[:-1], bounds[1:])
+        batch * num_queries, _MIN_ROWS_PER_THREAD)
     return scores, mixed
 
 

@@ -19,9 +19,6 @@ import numpy as np
 
 from sdattn import backend, workers
 
-#: Compute dtypes the kernel handles.
-DTYPES = ("float32", "float64")
-
 # Query rows per thread below which splitting them over threads costs more than it saves.
 _MIN_ROWS_PER_THREAD = 16
 
@@ -50,11 +47,8 @@ def mix_numpy(tokens, indices, weights):
     batch, heads, num_queries, _ = indices.shape
     mixed = np.empty((batch, num_queries, heads, tokens.shape[2]), tokens.dtype)  # [B, M, H, D]
     kernel = _kernel()
-    rows = batch * num_queries
-    chunks = max(1, min(workers.WORKERS, rows // _MIN_ROWS_PER_THREAD))
-    bounds = np.linspace(0, rows, chunks + 1).astype(int)
-    workers.parallel_map(lambda start, stop: kernel(tokens, indices, weights, mixed, start, stop),
-                         bounds[:-1], bounds[1:])
+    workers.parallel_ranges(lambda start, stop: kernel(tokens, indices, weights, mixed, start, stop),
+                            batch * num_queries, _MIN_ROWS_PER_THREAD)
     return mixed
 
 

@@ -1,5 +1,5 @@
 """The process-wide thread pool for work done outside TF's own threads: Faiss searches, content
-hashes and the CPU top-k kernel. Each of these releases the GIL, so threads run in parallel."""
+hashes and the compiled CPU kernels. Each of these releases the GIL, so threads run in parallel."""
 
 import concurrent.futures
 import os
@@ -38,3 +38,16 @@ def parallel_map(function, *iterables):
     if len(arguments) < 2 or threading.current_thread().name.startswith(_THREAD_PREFIX):
         return [function(*args) for args in arguments]
     return list(_thread_pool().map(lambda args: function(*args), arguments))
+
+
+def parallel_ranges(function, total, min_per_range):
+    """`function(start, stop)` over `[0, total)` cut into equal ranges, one per worker, each at
+    least `min_per_range` long (one range when `total` is shorter): for kernels that release
+    the GIL and write their share of an output array.
+
+    Returns:
+        The results, in range order.
+    """
+    ranges = max(1, min(WORKERS, total // max(min_per_range, 1)))
+    bounds = [total * part // ranges for part in range(ranges + 1)]
+    return parallel_map(function, bounds[:-1], bounds[1:])

@@ -26,3 +26,12 @@ def test_a_task_that_maps_again_runs_its_items_inline_instead_of_waiting_for_the
     runner.start()
     assert done.wait(timeout=30), "parallel_map deadlocked"
     assert results == [(item, True) for item in range(workers.WORKERS)]
+
+
+def test_parallel_ranges_cover_the_rows_once_in_order_and_never_below_the_minimum():
+    for total, minimum in ((0, 16), (5, 16), (100, 16), (1000, 64), (7, 1)):
+        ranges = workers.parallel_ranges(lambda start, stop: (start, stop), total, minimum)
+        assert ranges[0][0] == 0 and ranges[-1][1] == total
+        assert all(stop == start for (_, stop), (start, _) in zip(ranges, ranges[1:]))  # contiguous
+        assert len(ranges) <= workers.WORKERS
+        assert len(ranges) == 1 or all(stop - start >= minimum for start, stop in ranges)

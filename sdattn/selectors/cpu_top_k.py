@@ -137,11 +137,9 @@ def _compiled_top_k(rows, k):
     indices = np.empty((rows.shape[0], k), np.int32)  # [R, k]
     num_groups = _num_groups(rows.shape[1], k)
     kernel = _kernel()
-    chunks = max(1, min(workers.WORKERS, rows.shape[0] // _MIN_ROWS_PER_THREAD))
-    bounds = np.linspace(0, rows.shape[0], chunks + 1).astype(int)
-    workers.parallel_map(
+    workers.parallel_ranges(
         lambda start, stop: kernel(rows[start:stop], k, num_groups, values[start:stop], indices[start:stop]),
-        bounds[:-1], bounds[1:])
+        rows.shape[0], _MIN_ROWS_PER_THREAD)
     return values, indices
 
 
