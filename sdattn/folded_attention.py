@@ -37,15 +37,15 @@ def attend_numpy(folded, keys, values, indices, valid, bias):
     """Softmax attention of folded queries over their selected raw rows, in NumPy arrays.
 
     Args:
-        folded: float32 `[B, M, H, Dk]`.
+        folded: float32 `[H, B, M, Dk]` (head-major).
         keys: float32 `[B, N, Dk]`; values: float32 `[B, N, Dv]`, or None for `keys`.
         indices: int `[B, M, k]`, in-range positions.
         valid: bool `[B, S, M, k]`, S = 1 or H.
         bias: float32 `[B, S, M, k]` (S = 1 or H), or None.
 
     Returns:
-        `(scores [B, M, H, k], mixed [B, M, H, Dv])`, float32: the softmax weights over the
-        valid slots (0 elsewhere) and the weighted sums of the value rows.
+        `(scores [B, M, H, k], mixed [H, B, M, Dv])`, float32: the softmax weights over the
+        valid slots (0 elsewhere) and the weighted sums of the value rows (head-major).
     """
     folded = np.ascontiguousarray(folded, np.float32)
     keys = np.ascontiguousarray(keys, np.float32)
@@ -53,9 +53,9 @@ def attend_numpy(folded, keys, values, indices, valid, bias):
     indices = np.ascontiguousarray(indices, np.int32)
     valid = np.ascontiguousarray(valid, np.bool_)
     bias = np.zeros((0, 1, 1, 1), np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
-    batch, num_queries, heads, _ = folded.shape
+    heads, batch, num_queries, _ = folded.shape
     scores = np.empty((batch, num_queries, heads, indices.shape[-1]), np.float32)  # [B, M, H, k]
-    mixed = np.empty((batch, num_queries, heads, values.shape[-1]), np.float32)  # [B, M, H, Dv]
+    mixed = np.empty((heads, batch, num_queries, values.shape[-1]), np.float32)  # [H, B, M, Dv]
     kernel = _kernel()
     workers.parallel_ranges(
         lambda start, stop: kernel(folded, keys, values, indices, valid, bias, start, stop, scores, mixed),
@@ -68,21 +68,21 @@ def attend(folded, keys, values, indices, valid, bias, offset, reference):
     inside a TF graph; differentiable in every float input through `reference`.
 
     Args:
-        folded: `[B, M, H, Dk]`; keys `[B, N, Dk]`; values `[B, N, Dv]`, or None for `keys`.
+        folded: `[H, B, M, Dk]`; keys `[B, N, Dk]`; values `[B, N, Dv]`, or None for `keys`.
         indices: int32 `[B, M, k]`; valid: bool `[B, S, M, k]`.
         bias: `[B, S, M, k]` or None; offset: the logits' `[B, M, H]` q·b_K, or None (the
             kernel leaves it out; the reference adds it, so its gradient is defined).
         reference: `(folded, keys, values, bias, offset)` → `(scores, mixed)` in TF ops, with
-            None for the absent ones.
+            None for the absent ones, in the same layouts.
 
     Returns:
-        `(scores [B, M, H, k], mixed [B, M, H, Dv])`.
+        `(scores [B, M, H, k], mixed [H, B, M, Dv])`.
     """
     present = {"values": values, "bias": bias, "offset": offset}
     names = [name for name, tensor in present.items() if tensor is not None]
-    batch, num_queries, heads = folded.shape[:3]
+    heads, batch, num_queries = folded.shape[:3]
     value_depth = (keys if values is None else values).shape[-1]
-    shapes = [(batch, num_queries, heads, indices.shape[-1]), (batch, num_queries, heads, value_depth)]
+    shapes = [(batch, num_queries, heads, indices.shape[-1]), (heads, batch, num_queries, value_depth)]
 
     def by_name(tensors):
         return {name: tensors[2 + i] for i, name in enumerate(names)}

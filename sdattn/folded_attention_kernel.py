@@ -119,36 +119,46 @@ def attend_rows(folded, keys, values, indices, valid, bias, start, stop, scores,
     """Softmax attention of each folded query over its selected raw rows, for the query rows
     `b·M + m` in `[start, stop)`.
 
-    With x_j = `keys[b, indices[b, m, j]]`: logits[h, j] = folded[b, m, h]·x_j + bias[b, h, m, j];
+    With x_j = `keys[b, indices[b, m, j]]`: logits[h, j] = folded[h, b, m]·x_j + bias[b, h, m, j];
     scores[b, m, h] = their softmax over the valid slots (0 at the others, and everywhere in a
-    row without a valid slot); mixed[b, m, h] = Σ_j scores[b, m, h, j] · values[b, indices[b, m, j]].
+    row without a valid slot); mixed[h, b, m] = Σ_j scores[b, m, h, j] · values[b, indices[b, m, j]].
     The logits are computed over the rows where they lie (no gathered copy), then the softmax,
     then the mixing, whose rows are still in cache.
 
     Args:
-        folded: float32 `[B, M, H, Dk]`, the queries with the key kernel folded in.
+        folded: float32 `[H, B, M, Dk]`, the queries with the key kernel folded in (head-major,
+            as one batched matmul over the heads writes them).
         keys: float32 `[B, N, Dk]`; values: float32 `[B, N, Dv]` (may be `keys`).
         indices: int32 `[B, M, k]`, in-range positions shared by the heads.
         valid: bool `[B, S, M, k]`, S = 1 or H.
         bias: float32 `[B, S, M, k]` (S = 1 or H) added to the logits, or `[0, 1, 1, 1]` for none.
         start, stop: the query rows to compute.
         scores: float32 `[B, M, H, k]`, written.
-        mixed: float32 `[B, M, H, Dv]`, written.
+        mixed: float32 `[H, B, M, Dv]`, written (head-major, as the value kernel's batched
+            matmul reads them).
     """
-    num_queries, heads = folded.shape[1], folded.shape[2]
+    heads, num_queries = folded.shape[0], folded.shape[2]
     slots = indices.shape[2]
     valid_heads = valid.shape[1]
     has_bias = bias.shape[0] > 0
     bias_heads = bias.shape[1]
     two_to = np.empty(slots, np.float32)
+    # A row's heads lie B·M rows apart in `folded` and `mixed` (a multiple of 4 KB on Config P),
+    # so in place they would all fall in the same cache sets: they are copied side by side first.
+    query_heads = np.empty((heads, folded.shape[3]), np.float32)  # [H, Dk]
+    mixed_heads = np.empty((heads, mixed.shape[3]), np.float32)  # [H, Dv]
     for row in range(start, stop):
         b = row // num_queries
         m = row - b * num_queries
         positions = indices[b, m]
         weights = scores[b, m]  # [H, k]: the logits until the softmax
-        _logits(folded[b, m], keys[b], positions, weights)
+        for h in range(heads):
+            query_heads[h] = folded[h, b, m]
+        _logits(query_heads, keys[b], positions, weights)
         for h in range(heads):
             if has_bias:
                 weights[h] += bias[b, h if bias_heads > 1 else 0, m]
             _softmax(weights[h], valid[b, h if valid_heads > 1 else 0, m], two_to)
-        _mix(weights, values[b], positions, mixed[b, m])
+        _mix(weights, values[b], positions, mixed_heads)
+        for h in range(heads):
+            mixed[h, b, m] = mixed_heads[h]

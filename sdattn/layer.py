@@ -494,7 +494,6 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         batch, _, num_queries, slots = backend.dynamic_shape(indices)
         shared = ops.reshape(indices, (batch, num_queries, slots))  # [B, M, k]
         key_kernel = ops.cast(self._key_dense.kernel, query.dtype)  # [Dk, H, kd]
-        folded_query = ops.einsum("bmhe,dhe->bmhd", query, key_kernel)  # [B, M, H, Dk]
         offset = None
         if self._use_bias:
             # q·b_K, the same for every slot of a (query, head) row: the softmax ignores it, but
@@ -510,21 +509,49 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
                                        slot_valid, bias, offset, training)
 
         if compiled:
+            # Head-major: one batched matmul over the heads writes the folded queries and one
+            # reads the mixed rows, with no transposes of either (`_apply_value_kernel`).
+            folded_query = self._fold_query_heads(query, key_kernel)  # [H, B, M, Dk]
             if bias is not None:
                 bias_heads = bias.shape[1] if bias.shape[1] is not None else self._num_heads
-                bias = ops.broadcast_to(ops.cast(bias, folded_query.dtype), (batch, bias_heads, num_queries, slots))  # [B, S, M, k]
+                bias = ops.broadcast_to(ops.cast(bias, query.dtype), (batch, bias_heads, num_queries, slots))  # [B, S, M, k]
+
+            def reference(folded_query, key, values, bias, offset):
+                by_query = ops.transpose(folded_query, (1, 2, 0, 3))  # [B, M, H, Dk]
+                scores, _, mixed_tokens = in_ops(by_query, key, values, bias, offset)
+                return scores, ops.transpose(mixed_tokens, (2, 0, 1, 3))  # [H, B, M, Dv]
+
             scores, mixed_tokens = folded_attention.attend(
-                folded_query, key, values, shared, slot_valid, bias, offset,
-                reference=lambda *tensors: in_ops(*tensors)[::2])  # [B, M, H, ·] each
+                folded_query, key, values, shared, slot_valid, bias, offset, reference)  # [B, M, H, k], [H, B, M, Dv]
             weights = scores  # not while training: no dropout
+            bias_term = self._value_bias_term(weights)  # [B, M, H, vd]
+            # The small sum first: beside the batched matmul's threads it would slow both.
+            attention_output = self._apply_value_kernel(backend.after([bias_term], mixed_tokens))  # [B, M, H, vd]
         else:
+            folded_query = ops.einsum("bmhe,dhe->bmhd", query, key_kernel)  # [B, M, H, Dk]
             scores, weights, mixed_tokens = in_ops(folded_query, key, values, bias, offset, training)
-        value_kernel = ops.cast(self._value_dense.kernel, query.dtype)  # [Dv, H, vd]
-        attention_output = ops.einsum("bmhd,dhe->bmhe", mixed_tokens, value_kernel)  # [B, M, H, vd]
-        if self._use_bias:
-            weight_sums = ops.sum(weights, axis=-1)  # [B, M, H]
-            attention_output = attention_output + weight_sums[..., None] * ops.cast(self._value_dense.bias, query.dtype)
+            value_kernel = ops.cast(self._value_dense.kernel, query.dtype)  # [Dv, H, vd]
+            attention_output = ops.einsum("bmhd,dhe->bmhe", mixed_tokens, value_kernel)  # [B, M, H, vd]
+            bias_term = self._value_bias_term(weights)  # [B, M, H, vd]
+        if bias_term is not None:
+            attention_output = attention_output + bias_term
         return attention_output, ops.transpose(scores, (0, 2, 1, 3))  # [B, H, M, k]
+
+    def _value_bias_term(self, weights, heads_first=False):
+        """b_V Σ_j w_j, the value bias's share of each head's output, from its slots' weights.
+
+        Args:
+            weights: `[B, M, H, k]`, or `[B, H, M, k]` with `heads_first`.
+
+        Returns:
+            `[B, M, H, vd]`, or None without biases.
+        """
+        if not self._use_bias:
+            return None
+        weight_sums = ops.sum(weights, axis=-1)  # [B, M, H] (or [B, H, M])
+        if heads_first:
+            weight_sums = ops.transpose(weight_sums, (0, 2, 1))  # [B, M, H]
+        return weight_sums[..., None] * ops.cast(self._value_dense.bias, weights.dtype)
 
     def _folded_in_ops(self, folded_query, key, value, indices, slot_valid, bias, offset, training):
         """The folded path's logits, softmax and mixing in TF ops (see `_attend_folded`).
@@ -583,13 +610,35 @@ class SparseDenseMultiHeadAttention(keras.layers.Layer):
         per_head = (batch, self._num_heads, num_queries, slots)  # [B, H, M, k]
         indices = ops.broadcast_to(indices, per_head)
         weights = ops.broadcast_to(weights, per_head)
-        mixed_tokens = value_mixing.mix(value, indices, weights)  # [B, M, H, Dv]
+        bias_term = self._value_bias_term(weights, heads_first=True)  # [B, M, H, vd]
+        # The kernel's threads take every core: a TF op left to run beside them (this small bias
+        # term) slows both, so it runs first.
+        mixed_tokens = value_mixing.mix(value, indices, backend.after([bias_term], weights))  # [H, B, M, Dv]
+        attention_output = self._apply_value_kernel(mixed_tokens)  # [B, M, H, vd]
+        return attention_output if bias_term is None else attention_output + bias_term
+
+    def _fold_query_heads(self, query, key_kernel):
+        """Each head's query with the key kernel folded in, head-major:
+        `[B, M, H, kd]` → `[H, B, M, Dk]`, W_K,h q_h per (query, head)."""
+        batch, num_queries = backend.dynamic_shape(query)[:2]
+        heads = ops.transpose(query, (2, 0, 1, 3))  # [H, B, M, kd]
+        heads = ops.reshape(heads, (self._num_heads, -1, self._key_dim))  # [H, B·M, kd]
+        folded = ops.matmul(heads, ops.transpose(key_kernel, (1, 2, 0)))  # [H, B·M, Dk]
+        return ops.reshape(folded, (self._num_heads, batch, num_queries, key_kernel.shape[0]))  # [H, B, M, Dk]
+
+    def _apply_value_kernel(self, mixed_tokens):
+        """The value kernel applied to head-major mixed raw rows: `[H, B, M, Dv]` → `[B, M, H, vd]`.
+
+        One batched matmul over the heads reads the sums where the kernels wrote them; an einsum
+        of `[B, M, H, Dv]` sums would first transpose them (8 MB on Config P), then its output.
+        """
+        heads, batch, num_queries, depth = backend.dynamic_shape(mixed_tokens)
         value_kernel = ops.cast(self._value_dense.kernel, mixed_tokens.dtype)  # [Dv, H, vd]
-        attention_output = ops.einsum("bmhd,dhe->bmhe", mixed_tokens, value_kernel)  # [B, M, H, vd]
-        if self._use_bias:
-            weight_sums = ops.transpose(ops.sum(weights, axis=-1), (0, 2, 1))  # [B, M, H]
-            attention_output = attention_output + weight_sums[..., None] * ops.cast(self._value_dense.bias, attention_output.dtype)
-        return attention_output
+        value_kernel = ops.transpose(value_kernel, (1, 0, 2))  # [H, Dv, vd]
+        flat = ops.reshape(mixed_tokens, (heads, -1, depth))  # [H, B·M, Dv]
+        output = ops.matmul(flat, value_kernel)  # [H, B·M, vd]
+        output = ops.reshape(output, (heads, batch, num_queries, self._value_dim))  # [H, B, M, vd]
+        return ops.transpose(output, (1, 2, 0, 3))  # [B, M, H, vd]
 
     def _slot_weights(self, logits, slot_valid, bias=None, training=None):
         """Masked softmax over the slots (the last axis), then dropout: `(scores, weights)`,

@@ -39,13 +39,14 @@ def mix_numpy(tokens, indices, weights):
         weights: `[B, H, M, k]`.
 
     Returns:
-        `[B, M, H, D]` of the tokens' dtype: `Σ_j weights[b, h, m, j] · tokens[b, indices[b, h, m, j]]`.
+        `[H, B, M, D]` of the tokens' dtype (head-major):
+        `mixed[h, b, m] = Σ_j weights[b, h, m, j] · tokens[b, indices[b, h, m, j]]`.
     """
     tokens = np.ascontiguousarray(tokens)
     indices = np.ascontiguousarray(indices, dtype=np.int32)
     weights = np.ascontiguousarray(weights, dtype=tokens.dtype)
     batch, heads, num_queries, _ = indices.shape
-    mixed = np.empty((batch, num_queries, heads, tokens.shape[2]), tokens.dtype)  # [B, M, H, D]
+    mixed = np.empty((heads, batch, num_queries, tokens.shape[2]), tokens.dtype)  # [H, B, M, D]
     kernel = _kernel()
     workers.parallel_ranges(lambda start, stop: kernel(tokens, indices, weights, mixed, start, stop),
                             batch * num_queries, _MIN_ROWS_PER_THREAD)
@@ -61,7 +62,7 @@ def mix_in_ops(tokens, indices, weights):
     flat = ops.reshape(indices, (batch, -1))  # [B, H·M·k]
     rows = backend.gather_batched(tokens, flat, 1)  # [B, H·M·k, D]
     rows = ops.reshape(rows, (batch, heads, num_queries, slots, tokens.shape[-1]))  # [B, H, M, k, D]
-    return ops.einsum("bhmk,bhmkd->bmhd", weights, rows)  # [B, M, H, D]
+    return ops.einsum("bhmk,bhmkd->hbmd", weights, rows)  # [H, B, M, D]
 
 
 def mix(tokens, indices, weights):
@@ -74,9 +75,9 @@ def mix(tokens, indices, weights):
         weights: `[B, H, M, k]` of the tokens' dtype.
 
     Returns:
-        `[B, M, H, D]`.
+        `[H, B, M, D]`.
     """
-    shape = (tokens.shape[0], indices.shape[2], indices.shape[1], tokens.shape[-1])  # [B, M, H, D]
+    shape = (indices.shape[1], tokens.shape[0], indices.shape[2], tokens.shape[-1])  # [H, B, M, D]
     (mixed,) = backend.host_op(lambda tokens, weights, indices: (mix_numpy(tokens, indices, weights),),
                                [tokens, weights], [indices], [shape],
                                lambda tokens, weights: [mix_in_ops(tokens, indices, weights)])

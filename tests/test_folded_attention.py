@@ -36,11 +36,13 @@ def test_kernel_equals_the_tf_ops(slots, separate_values, bias_heads, valid_head
     valid = rng.random((batch, valid_heads, num_queries, slots)) > 0.3
     valid[0, :, 0] = False  # a query with no valid slot weighs nothing
     bias = None if bias_heads is None else rng.normal(size=(batch, bias_heads, num_queries, slots)).astype("float32")
-    scores, mixed = folded_attention.attend_numpy(folded, keys, values, indices, valid, bias)
+    head_major = np.ascontiguousarray(folded.transpose(2, 0, 1, 3))  # [H, B, M, D], as the kernel reads it
+    scores, mixed = folded_attention.attend_numpy(head_major, keys, values, indices, valid, bias)
     expected_scores, expected_mixed = _in_ops(folded, keys, values, indices, valid, bias)
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(mixed, expected_mixed, rtol=1e-5, atol=1e-6)
-    assert not scores[0, 0].any() and not mixed[0, 0].any()
+    assert mixed.shape == (heads, batch, num_queries, expected_mixed.shape[-1])  # head-major
+    np.testing.assert_allclose(mixed.transpose(1, 2, 0, 3), expected_mixed, rtol=1e-5, atol=1e-6)
+    assert not scores[0, 0].any() and not mixed[:, 0, 0].any()
 
 
 def test_the_softmax_holds_far_apart_logits_and_infinities():
@@ -50,7 +52,7 @@ def test_the_softmax_holds_far_apart_logits_and_infinities():
     indices = np.array([[[0, 1, 2, 3]] * 3], "int32")
     bias = np.array([[[[0.0, -30.0, -100.0, -400.0], [0.0, 0.0, 1e-3, -np.inf], [-np.inf] * 4]]], "float32")
     valid = np.ones((1, 1, 3, 4), bool)
-    scores, _ = folded_attention.attend_numpy(folded, keys, None, indices, valid, bias)
+    scores, _ = folded_attention.attend_numpy(folded.transpose(2, 0, 1, 3).copy(), keys, None, indices, valid, bias)
     expected, _ = _in_ops(folded, keys, None, indices, valid, bias)
     np.testing.assert_allclose(scores[0, :2], expected[0, :2], rtol=2e-6, atol=1e-12)
     assert not scores[0, 2].any()  # every logit -inf: nothing to attend, as with every slot masked

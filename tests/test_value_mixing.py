@@ -19,20 +19,20 @@ def _mixing_case(rng, batch=2, heads=3, num_queries=9, slots=7, num_keys=50, dep
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("slots", [1, 4, 7, 32])  # below, at and off the kernel's four rows a pass
+@pytest.mark.parametrize("slots", [1, 7, 8, 13, 32])  # below, at and off the kernel's eight rows a pass
 def test_kernel_equals_the_gather_and_einsum(dtype, slots):
     rng = np.random.default_rng(slots)
     tokens, indices, weights = _mixing_case(rng, slots=slots, dtype=dtype)
     mixed = value_mixing.mix_numpy(tokens, indices, weights)
     expected = value_mixing.mix_in_ops(tf.constant(tokens), tf.constant(indices), tf.constant(weights)).numpy()
-    assert mixed.shape == (2, 9, 3, 12) and mixed.dtype == np.dtype(dtype)
+    assert mixed.shape == (3, 2, 9, 12) and mixed.dtype == np.dtype(dtype)  # [H, B, M, D]
     np.testing.assert_allclose(mixed, expected, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-6)
 
 
 def test_the_op_runs_eagerly_and_in_a_graph_with_the_reference_gradient():
     rng = np.random.default_rng(1)
     tokens, indices, weights = (tf.constant(part) for part in _mixing_case(rng, batch=3, num_queries=40))
-    upstream = tf.constant(rng.normal(size=(3, 40, 3, 12)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(3, 3, 40, 12)).astype("float32"))  # [H, B, M, D]
     expected = value_mixing.mix_in_ops(tokens, indices, weights)
     for call in (value_mixing.mix, tf.function(value_mixing.mix)):
         with tf.GradientTape() as tape:
