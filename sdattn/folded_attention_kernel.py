@@ -21,32 +21,41 @@ _ONE = np.float32(1.0)
 _HALF = np.float32(0.5)
 _ZERO = np.float32(0.0)
 
-# Selected rows read side by side in the logits and mixing loops: four rows' loads in flight
+# Selected rows read side by side in the logits and mixing loops: several rows' loads in flight
 # at once hide part of the memory's latency (the rows lie at random positions), and in the
-# mixing loop the head's sum is loaded and stored once per four rows.
+# mixing loop the head's sum is loaded and stored once per pass. The logits took 8-9% less
+# with eight rows than with four; the mixing the same (benchmarks/NOTES.md, "The floor").
+_LOGIT_ROWS_PER_PASS = 8
 _ROWS_PER_PASS = 4
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _logits(query_heads, rows, positions, logits):
-    """`logits[h, j] = query_heads[h] · rows[positions[j]]`, four rows at a time."""
+    """`logits[h, j] = query_heads[h] · rows[positions[j]]`, eight rows at a time."""
     heads, depth = query_heads.shape
     slots = positions.shape[0]
     j = 0
-    while j + _ROWS_PER_PASS <= slots:
+    while j + _LOGIT_ROWS_PER_PASS <= slots:
         key0, key1 = rows[np.uint64(positions[j])], rows[np.uint64(positions[j + 1])]
         key2, key3 = rows[np.uint64(positions[j + 2])], rows[np.uint64(positions[j + 3])]
+        key4, key5 = rows[np.uint64(positions[j + 4])], rows[np.uint64(positions[j + 5])]
+        key6, key7 = rows[np.uint64(positions[j + 6])], rows[np.uint64(positions[j + 7])]
         for h in range(heads):
             query = query_heads[h]
-            total0, total1, total2, total3 = _ZERO, _ZERO, _ZERO, _ZERO
+            t0, t1, t2, t3, t4, t5, t6, t7 = _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO
             for d in range(depth):
                 q = query[d]
-                total0 += q * key0[d]
-                total1 += q * key1[d]
-                total2 += q * key2[d]
-                total3 += q * key3[d]
-            logits[h, j], logits[h, j + 1], logits[h, j + 2], logits[h, j + 3] = total0, total1, total2, total3
-        j += _ROWS_PER_PASS
+                t0 += q * key0[d]
+                t1 += q * key1[d]
+                t2 += q * key2[d]
+                t3 += q * key3[d]
+                t4 += q * key4[d]
+                t5 += q * key5[d]
+                t6 += q * key6[d]
+                t7 += q * key7[d]
+            logits[h, j], logits[h, j + 1], logits[h, j + 2], logits[h, j + 3] = t0, t1, t2, t3
+            logits[h, j + 4], logits[h, j + 5], logits[h, j + 6], logits[h, j + 7] = t4, t5, t6, t7
+        j += _LOGIT_ROWS_PER_PASS
     while j < slots:
         key = rows[np.uint64(positions[j])]
         for h in range(heads):

@@ -22,7 +22,7 @@ def _in_ops(folded, keys, values, indices, valid, bias):
     return scores.numpy(), tf.einsum("bmhk,bmkd->bmhd", scores, value_rows).numpy()
 
 
-@pytest.mark.parametrize("slots", [1, 5, 8])  # below, off and at the kernel's four rows a pass
+@pytest.mark.parametrize("slots", [1, 5, 8, 11])  # below, off and at the kernel's four (mixing) and eight (logits) rows a pass
 @pytest.mark.parametrize("separate_values", [False, True])
 @pytest.mark.parametrize("bias_heads", [None, 1, 3])
 @pytest.mark.parametrize("valid_heads", [1, 3])
