@@ -35,6 +35,10 @@ LARGE_QUERIES = 1_024
 # From this N on, each method runs in its own process (auto isolation): Keras MHA leaves
 # gigabytes in TensorFlow's allocator, which would inflate the peaks of later methods.
 ISOLATE_METHODS_FROM = 65_536
+# Up to this N the methods of a size are timed again side by side (`interleaved_times`), and
+# those medians are the ones reported: on a shared machine a slow phase can last minutes, long
+# enough to fall on one method and not on the next (benchmarks/NOTES.md, "Interleaved timing").
+INTERLEAVE_UP_TO = 65_536
 MIN_REPEATS = 5  # issue 6: the median of at least 5 runs
 # Untimed calls first: the first traces the graph; the next few still pay for thread pools
 # (Faiss's OpenMP, the hash pool) and allocator growth (benchmarks/NOTES.md, "Warm-up").
@@ -294,6 +298,58 @@ def measure(method, cfg, weights, inputs, repeats, seed, reference=None):
     return record
 
 
+def interleaved_times(cfg, methods, weights, inputs, repeats, seed):
+    """Times several methods side by side on one configuration.
+
+    Every method is built and warmed up (`WARMUP_CALLS` untimed calls), then each of `repeats`
+    rounds takes every method in turn, starting one method further along each round: an
+    untimed call, then the timed one. A slow or fast phase of the machine then falls on all of
+    them alike, and the ratios between their medians compare like with like; and each timed
+    call follows a call of the same method, as in a method's own run, so it finds the caches
+    as that run does (not emptied by the method before it, which would slow most the methods
+    whose data fits in cache).
+
+    Args:
+        methods: method names (see `measure`), each already measured once on its own.
+        cfg, weights, inputs, repeats, seed: as for `measure`.
+
+    Returns:
+        `{method: [ms per timed call, ...]}`.
+    """
+    calls = {}
+    for method in methods:
+        call, _, _ = _build_method(method, cfg, weights, inputs, seed)
+        for _ in range(WARMUP_CALLS):
+            np.asarray(call())
+        calls[method] = call
+    times = {method: [] for method in methods}
+    for round_index in range(repeats):
+        shift = round_index % len(methods)
+        for method in methods[shift:] + methods[:shift]:
+            np.asarray(calls[method]())  # back in cache after the previous method
+            started = time.perf_counter()
+            np.asarray(calls[method]())
+            times[method].append((time.perf_counter() - started) * 1e3)
+    return times
+
+
+def apply_interleaved(records, times):
+    """Makes the interleaved timings the reported ones: `median_ms` and `times_ms` come from
+    `times` (`interleaved_times`), the method's own run is kept as `sequential_median_ms` and
+    `sequential_times_ms`, and `timing` says which is which."""
+    for record in records:
+        measured = times.get(record["method"])
+        if record.get("status") != "ok" or not measured:
+            continue
+        record["sequential_median_ms"], record["sequential_times_ms"] = record["median_ms"], record["times_ms"]
+        record.update(median_ms=statistics.median(measured), times_ms=measured, timing="interleaved")
+
+
+def _interleaves(cfg, records):
+    """Whether a size's measured methods are timed again side by side (`INTERLEAVE_UP_TO`)."""
+    return cfg["num_keys"] <= INTERLEAVE_UP_TO and sum(r.get("status") == "ok" for r in records) > 1
+
+
 # ---- one size, in this process ------------------------------------------------------------------------
 
 def methods_for(cfg, selectors, dense_limit_gb):
@@ -324,8 +380,12 @@ def methods_for(cfg, selectors, dense_limit_gb):
     return run, skipped
 
 
-def run_size(cfg, methods, repeats, seed, reference_dir=None, log=None):
-    """Runs `methods` on one configuration in this process, on the same inputs: list of records."""
+def run_size(cfg, methods, repeats, seed, reference_dir=None, log=None, interleave=True):
+    """Runs `methods` on one configuration in this process, on the same inputs: list of records.
+
+    Each method is measured on its own (`measure`: its time, peak RSS and recall); then, with
+    `interleave` and up to `INTERLEAVE_UP_TO`, all of them are timed again side by side
+    (`interleaved_times`) and those times are reported (`apply_interleaved`)."""
     import sdattn  # noqa: F401  (registers the built-in selectors)
 
     log = log or (lambda message: None)
@@ -365,28 +425,60 @@ def run_size(cfg, methods, repeats, seed, reference_dir=None, log=None):
         log(f"N={cfg['num_keys']:,} {method}: {record['median_ms']:.1f} ms, peak RSS {record['peak_rss_mb']:.0f} MB"
             + ("" if record["build_s"] is None else f", index build {record['build_s']:.2f} s")
             + ("" if record["recall"] is None else f", recall@k {record['recall']:.3f}"))
+    if interleave and _interleaves(cfg, records):
+        apply_interleaved(records, _timed_side_by_side(cfg, records, weights, inputs, repeats, seed, log))
     return records
+
+
+def _timed_side_by_side(cfg, records, weights, inputs, repeats, seed, log):
+    """`interleaved_times` of the records' measured methods, logged; `{}` if it fails (the
+    sequential times then stand)."""
+    methods = [record["method"] for record in records if record.get("status") == "ok"]
+    gc.collect()  # the last method's layer and graphs
+    try:
+        times = interleaved_times(cfg, methods, weights, inputs, repeats, seed)
+    except Exception as error:  # the sequential times still stand
+        log(f"N={cfg['num_keys']:,} interleaved timing FAILED ({type(error).__name__}: {error}"[:300] + ")")
+        return {}
+    log(f"N={cfg['num_keys']:,} interleaved: " + ", ".join(
+        f"{method} {statistics.median(times[method]):.1f} ms" for method in methods))
+    return times
+
+
+def interleave_size(cfg, methods, repeats, seed):
+    """`interleaved_times` of `methods` on a fresh copy of one configuration's inputs (the
+    worker of a size whose methods were measured in separate processes)."""
+    import sdattn  # noqa: F401  (registers the built-in selectors)
+
+    inputs = make_inputs(cfg, seed)
+    _, weights = _reference_weights(cfg, seed)
+    return interleaved_times(cfg, methods, weights, inputs, repeats, seed)
 
 
 # ---- orchestration --------------------------------------------------------------------------------------
 
-def _worker_command(cfg, methods, args, out_path, reference_dir):
+def _worker_command(cfg, methods, args, out_path, reference_dir, interleave_only=False):
     return [sys.executable, "-m", "sdattn.bench", "--worker", "--sizes", str(cfg["num_keys"]),
             "--queries", str(cfg["num_queries"]), "--batch", str(cfg["batch"]), "--dim", str(cfg["dim"]),
             "--heads", str(cfg["heads"]), "--key-dim", str(cfg["key_dim"]), "--top-k", str(cfg["top_k"]),
             "--methods", ",".join(methods), "--repeats", str(args.repeats), "--seed", str(args.seed),
-            "--reference-dir", reference_dir, "--worker-out", out_path]
+            "--reference-dir", reference_dir, "--worker-out", out_path,
+            "--interleave" if args.interleave else "--no-interleave"] + (["--interleave-only"] if interleave_only else [])
 
 
-def _run_in_subprocess(cfg, methods, args, reference_dir, log):
-    """Runs methods in a fresh Python, so that its peak RSS belongs to this configuration alone."""
+def _run_in_subprocess(cfg, methods, args, reference_dir, log, interleave_only=False):
+    """Runs methods in a fresh Python, so that its peak RSS belongs to this configuration alone.
+
+    Returns:
+        The records; with `interleave_only`, `{method: times}` from `interleave_size` instead
+        (`{}` if the worker failed)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out_path = handle.name
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     try:
-        completed = subprocess.run(_worker_command(cfg, methods, args, out_path, reference_dir), env=env,
+        completed = subprocess.run(_worker_command(cfg, methods, args, out_path, reference_dir, interleave_only), env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    timeout=args.timeout)
         for line in completed.stdout.splitlines():
@@ -404,7 +496,9 @@ def _run_in_subprocess(cfg, methods, args, reference_dir, log):
     finally:
         with contextlib.suppress(OSError):
             os.unlink(out_path)
-    log(f"N={cfg['num_keys']:,} {','.join(methods)}: FAILED {note}")
+    log(f"N={cfg['num_keys']:,} {','.join(methods)}{' (interleaved)' if interleave_only else ''}: FAILED {note}")
+    if interleave_only:
+        return {}
     return [{**cfg, "method": method, "status": "failed", "note": note[:300]} for method in methods]
 
 
@@ -433,8 +527,11 @@ def markdown_table(records, environment):
     lines = [
         f"Config P (B={first['batch']}, D={first['dim']}, H={first['heads']}, key_dim={first['key_dim']}, "
         f"top_k={first['top_k']}, float32; sparse queries, 8 non-zero features each); forward pass "
-        f"under `tf.function`, median of {environment['repeats']} runs after {WARMUP_CALLS} warm-up calls. Measured "
-        f"{environment['date']} on {environment['machine']}, TensorFlow {environment['tensorflow']}.",
+        f"under `tf.function`, median of {environment['repeats']} runs after {WARMUP_CALLS} warm-up calls"
+        + (f"; up to N={INTERLEAVE_UP_TO:,} the runs are interleaved: each round takes every method of "
+           "the size in turn, the order rotated by one each round, and times its second call in a row"
+           if environment.get("interleave") else "")
+        + f". Measured {environment['date']} on {environment['machine']}, TensorFlow {environment['tensorflow']}.",
         "",
         "| N | M | method | time (ms) | × faster than MHA | × faster than naive top-k | × K/V floor "
         "| recall@k vs cosine | index build (s) | peak RSS (MiB) |",
@@ -456,8 +553,10 @@ def markdown_table(records, environment):
         "× faster = the baseline's median time / this method's; × K/V floor = this method's time / the "
         "time of projecting all N tokens with the key and value kernels (the work no attention over "
         "all tokens avoids). Peak RSS includes the inputs; each size runs in a fresh process (each "
-        "method from N=65,536 on), the peak mark reset before each method, dense baselines last. "
-        "Index build time is not in the query time. `random` (seeded here) and `window` depend only on "
+        "method from N=65,536 on), the peak mark reset before each method, dense baselines last; "
+        "the peaks come from each method's own run, before any interleaved timing (whose process "
+        "holds every method of the size), and the JSON keeps that run's median as "
+        "`sequential_median_ms`. Index build time is not in the query time. `random` (seeded here) and `window` depend only on "
         "static shapes, so TensorFlow's graph optimiser folds their selection into a constant: their "
         "rows time attention over a fixed selection.",
         "",
@@ -478,7 +577,7 @@ def environment_info(args, argv):
     machine = f"{os.cpu_count()} CPU cores ({cpu}), {total_memory_gb():.0f} GB RAM" + (
         f", GPU: {', '.join(gpus)}" if gpus else ", no GPU")
     return {"date": datetime.date.today().isoformat(), "machine": machine, "tensorflow": tf.__version__,
-            "python": platform.python_version(), "repeats": args.repeats,
+            "python": platform.python_version(), "repeats": args.repeats, "interleave": args.interleave,
             "command": "python -m sdattn.bench " + " ".join(argv)}
 
 
@@ -509,11 +608,15 @@ def parse_args(argv):
     parser.add_argument("--dense-limit-gb", type=float, default=None,
                         help="skip MHA and the naive baseline when their score tensor exceeds this "
                              "(default: a quarter of physical memory)")
+    parser.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"up to N={INTERLEAVE_UP_TO:,}, time each size's methods again side by side, "
+                             "one call of each per round, and report those medians (default: on)")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per worker process")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--methods", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--reference-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--interleave-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < MIN_REPEATS:
         parser.error(f"Received an invalid value for argument `--repeats`, expected at least {MIN_REPEATS}. "
@@ -564,10 +667,14 @@ def main(argv=None):
 
     if args.worker:
         cfg = config(args.sizes[0], args.queries, args.batch, args.dim, args.heads, args.key_dim, args.top_k)
-        records = run_size(cfg, _parse_list(args.methods), args.repeats, args.seed, args.reference_dir, log)
+        if args.interleave_only:
+            results = interleave_size(cfg, _parse_list(args.methods), args.repeats, args.seed)
+        else:
+            results = run_size(cfg, _parse_list(args.methods), args.repeats, args.seed, args.reference_dir, log,
+                               interleave=args.interleave)
         with open(args.worker_out, "w") as out:
-            json.dump(records, out)
-        return records
+            json.dump(results, out)
+        return results
 
     selectors = _resolve_selectors(args.selectors)
     records = []
@@ -580,13 +687,22 @@ def main(argv=None):
                 isolate = "method" if size >= ISOLATE_METHODS_FROM else "size"
             log(f"N={size:,} M={cfg['num_queries']:,}: {', '.join(methods)} ({isolate} isolation)")
             if isolate == "none":
-                size_records = run_size(cfg, methods, args.repeats, args.seed, reference_dir, log)
+                size_records = run_size(cfg, methods, args.repeats, args.seed, reference_dir, log, args.interleave)
             elif isolate == "size":
                 size_records = _run_in_subprocess(cfg, methods, args, reference_dir, log)
             else:
                 size_records = []
                 for method in methods:
                     size_records += _run_in_subprocess(cfg, [method], args, reference_dir, log)
+                if args.interleave and _interleaves(cfg, size_records):
+                    # Each method's peak RSS came from its own process; the side-by-side times
+                    # come from one more, which holds them all.
+                    measured = [record["method"] for record in size_records if record.get("status") == "ok"]
+                    times = _run_in_subprocess(cfg, measured, args, reference_dir, log, interleave_only=True)
+                    apply_interleaved(size_records, times)
+                    if times:
+                        log(f"N={size:,} interleaved: " + ", ".join(
+                            f"{method} {statistics.median(times[method]):.1f} ms" for method in measured))
             records += size_records
             records += [{**cfg, "method": method, "status": "not run", "note": reason} for method, reason in skipped]
             for method, reason in skipped:

@@ -24,6 +24,10 @@ def test_toy_run_writes_json_and_markdown(tmp_path):
     for size in (64, 128):
         mha, ann = by_method[(size, "mha")], by_method[(size, "ann")]
         assert len(ann["times_ms"]) == 5 and ann["median_ms"] == np.median(ann["times_ms"])
+        # Reported times are the side-by-side ones; each method's own run is kept beside them.
+        assert all(r["timing"] == "interleaved" for r in records if r["num_keys"] == size)
+        assert len(ann["sequential_times_ms"]) == 5
+        assert ann["sequential_median_ms"] == np.median(ann["sequential_times_ms"])
         assert ann["speedup_vs_mha"] == pytest.approx(mha["median_ms"] / ann["median_ms"])
         assert by_method[(size, "floor")]["floor_multiple"] == pytest.approx(1.0)
         assert ann["recall"] == pytest.approx(1.0)  # exact search at this N
@@ -36,6 +40,31 @@ def test_toy_run_writes_json_and_markdown(tmp_path):
     table = markdown_path.read_text()
     assert "| N | M | method |" in table and "sdattn `ann`" in table and "keras MultiHeadAttention" in table
     assert "python -m sdattn.bench --sizes 64,128" in table
+    assert "the runs are interleaved" in table
+
+
+def test_interleaved_rounds_call_every_method_once_in_a_rotated_order(monkeypatch):
+    calls = []
+
+    def build(method, *args):
+        return (lambda: calls.append(method) or np.zeros(1)), None, None
+
+    monkeypatch.setattr(bench, "_build_method", build)
+    times = bench.interleaved_times(bench.config(64), ["a", "b", "c"], None, None, repeats=3, seed=0)
+    warm_up = bench.WARMUP_CALLS * 3
+    assert calls[:warm_up] == ["a"] * bench.WARMUP_CALLS + ["b"] * bench.WARMUP_CALLS + ["c"] * bench.WARMUP_CALLS
+    # Each timed call follows an untimed one of the same method.
+    assert calls[warm_up:] == [m for m in "abcbcacab" for _ in range(2)]
+    assert {method: len(measured) for method, measured in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_method_isolation_times_the_methods_side_by_side_in_one_more_process(tmp_path):
+    records = bench.main(["--sizes", "64", "--selectors", "window", *TOY[:-4], "--isolate", "method", "--repeats", "5"])
+    measured = [r for r in records if r["status"] == "ok"]
+    assert {r["method"] for r in measured} == {"floor", "window", "mha", "naive"}
+    assert all(r["timing"] == "interleaved" and len(r["sequential_times_ms"]) == 5 for r in measured)
+    solo = bench.main(["--sizes", "64", "--selectors", "window", *TOY, "--no-interleave"])
+    assert all("timing" not in r and "sequential_median_ms" not in r for r in solo)
 
 
 def test_dense_baselines_too_large_are_reported_not_run(tmp_path):

@@ -121,11 +121,13 @@ def run_sweep(settings: SweepSettings,
     # otherwise count as the first measured method's time and memory.
     warm_up = settings.config(WARM_UP_SIZE)
     bench.run_size(warm_up, list(settings.methods), 1, settings.seed,
-                   log=lambda message: log(f"warm-up, {message}"))
+                   log=lambda message: log(f"warm-up, {message}"), interleave=False)
     records = []
+    # Each method timed on its own, once: `make bench`'s second, side-by-side timing would
+    # double a sweep the page's user is waiting for.
     for num_keys in settings.sizes:
         records += bench.run_size(settings.config(num_keys), list(settings.methods),
-                                  settings.repeats, settings.seed, log=log)
+                                  settings.repeats, settings.seed, log=log, interleave=False)
     return bench.add_ratios(records)
 
 
