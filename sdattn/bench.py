@@ -440,9 +440,14 @@ def _timed_side_by_side(cfg, records, weights, inputs, repeats, seed, log):
     except Exception as error:  # the sequential times still stand
         log(f"N={cfg['num_keys']:,} interleaved timing FAILED ({type(error).__name__}: {error}"[:300] + ")")
         return {}
-    log(f"N={cfg['num_keys']:,} interleaved: " + ", ".join(
-        f"{method} {statistics.median(times[method]):.1f} ms" for method in methods))
+    log(_interleaved_summary(cfg, times))
     return times
+
+
+def _interleaved_summary(cfg, times):
+    """The progress line of a size's side-by-side timing: each method's median."""
+    return f"N={cfg['num_keys']:,} interleaved: " + ", ".join(
+        f"{method} {statistics.median(measured):.1f} ms" for method, measured in times.items())
 
 
 def interleave_size(cfg, methods, repeats, seed):
@@ -701,8 +706,7 @@ def main(argv=None):
                     times = _run_in_subprocess(cfg, measured, args, reference_dir, log, interleave_only=True)
                     apply_interleaved(size_records, times)
                     if times:
-                        log(f"N={size:,} interleaved: " + ", ".join(
-                            f"{method} {statistics.median(times[method]):.1f} ms" for method in measured))
+                        log(_interleaved_summary(cfg, times))
             records += size_records
             records += [{**cfg, "method": method, "status": "not run", "note": reason} for method, reason in skipped]
             for method, reason in skipped:
