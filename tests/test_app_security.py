@@ -224,8 +224,14 @@ def test_an_uncaught_page_error_shows_an_id_and_logs_the_traceback(monkeypatch, 
         raise RuntimeError(secret)
 
     monkeypatch.setattr(runner, "run_or_explain", broken)
-    with caplog.at_level(logging.ERROR, logger="sdattn.app"):
-        at = open_app()  # it asserts that no exception element reached the page
+    # Streamlit's loggers do not propagate to the root logger, where caplog listens.
+    app_logger = logging.getLogger("sdattn.app")
+    app_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.ERROR, logger="sdattn.app"):
+            at = open_app()  # it asserts that no exception element reached the page
+    finally:
+        app_logger.removeHandler(caplog.handler)
     texts = every_text(at)
     assert not any(secret in text or "Traceback" in text or "RuntimeError" in text
                    for text in texts), texts
