@@ -12,11 +12,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # Stamp files re-run pip only when the requirements change.
-$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+$(VENV)/.runtime-installed: requirements.txt requirements-lib.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.dev-installed: requirements-dev.txt requirements.txt | $(BIN)/python
+$(VENV)/.dev-installed: requirements-dev.txt requirements.txt requirements-lib.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime-installed
 
@@ -37,14 +37,27 @@ browser:
 	  echo "Installing chromium (Debian package) for the browser tests"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
-# The whole suite on TensorFlow (the default backend), then the `backend`-marked core tests again
-# under JAX, in a process of their own (Keras picks its backend once per process).
+# The whole suite on TensorFlow (the default backend), in TEST_WORKERS processes (pytest-xdist),
+# then the `backend`-marked core tests again under JAX, in a process of their own (Keras picks
+# its backend once per process).
+TEST_WORKERS ?= 2
 test: $(VENV)/.dev-installed browser
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -m backend tests/test_backends.py
 
-bench: $(VENV)/.runtime-installed
-	$(BIN)/python -m sdattn.bench --selectors dot,cosine,ann,random,window,lsh,hybrid --repeats 5 --json benchmarks/results.json --markdown benchmarks/results.md
+# The benchmark runs in a virtualenv of its own with the library's pinned dependencies only
+# (requirements-lib.txt: what `pip install .[ann]` gives), not the app's or the tests': importing
+# TensorFlow and Keras also imports JAX and pandas whenever they are installed, which adds
+# about 170 MiB to every process's memory (benchmarks/NOTES.md, "`ann` at N = 1M: memory").
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: requirements-lib.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -r requirements-lib.txt
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m sdattn.bench --selectors dot,cosine,ann,random,window,lsh,hybrid --repeats 5 --json benchmarks/results.json --markdown benchmarks/results.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache

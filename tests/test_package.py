@@ -2,6 +2,7 @@
 Each check runs in a fresh interpreter, so that modules the test session loaded do not count."""
 
 import os
+import re
 import pathlib
 import shutil
 import subprocess
@@ -99,3 +100,33 @@ def test_import_sdattn_then_keras_loads_a_saved_model():
     path = ROOT / "tests" / "data" / "saved_before_selectors_move.keras"
     statement = f"import sdattn, keras; keras.saving.load_model({str(path)!r})"
     assert _loaded_after(statement, ("sdattn.layer", "sdattn.selectors.dot")) == ["sdattn.layer", "sdattn.selectors.dot"]
+
+
+def _pins(path):
+    """`{name: version}` of a requirements file's `name==version` lines, and its `-r` includes."""
+    pins, includes = {}, []
+    for line in (ROOT / path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            includes.append(line[3:].strip())
+        elif "==" in line:
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins, includes
+
+
+def test_requirements_pin_every_declared_dependency_once():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements):
+        return {re.split(r"[<>=\[ ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+    library, library_includes = _pins("requirements-lib.txt")
+    runtime, runtime_includes = _pins("requirements.txt")
+    # `make bench` installs the library's dependencies alone, `make run` those and the app's.
+    assert library_includes == [] and runtime_includes == ["requirements-lib.txt"]
+    assert names(project["dependencies"]) | names(project["optional-dependencies"]["ann"]) <= set(library)
+    assert names(project["optional-dependencies"]["app"]) <= set(runtime)
+    assert not set(library) & set(runtime), "a package pinned in both files"
