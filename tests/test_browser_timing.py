@@ -15,12 +15,16 @@ pytestmark = pytest.mark.e2e
 _PAGE = """<html><body>
 <div data-test-script-state="running"></div>
 <div class="st-key-chart"><div class="js-plotly-plot"></div></div>
-<script>
+</body></html>"""
+# The page becomes ready 600 ms after this runs; it returns the page's clock when it ran, so
+# that a slow round trip to the browser cannot start the test's clock after the page is ready.
+_BECOME_READY_JS = """() => {
   setTimeout(() => {
     document.querySelector('.js-plotly-plot')._fullData = [{}];
     document.querySelector('[data-test-script-state]').setAttribute('data-test-script-state', 'notRunning');
   }, 600);
-</script></body></html>"""
+  return performance.now();
+}"""
 
 
 @pytest.fixture
@@ -33,7 +37,7 @@ def page(browser):
 
 def test_wait_done_waits_for_the_script_run_and_the_chart(page):
     page.set_content(_PAGE)
-    started = page.evaluate("() => performance.now()")
+    started = page.evaluate(_BECOME_READY_JS)
     painted = browser_timing._wait_done(page, ["chart"], "none")
     assert painted - started >= 550  # the page became ready 600 ms after it was set
     assert page.evaluate("() => document.querySelector('[data-test-script-state]')"
@@ -45,9 +49,9 @@ def test_wait_done_waits_for_new_chart_data(page):
                                    'data-test-script-state="notRunning"'))
     page.evaluate("() => { document.querySelector('.js-plotly-plot')._fullData = [{}]; }")
     page.evaluate(browser_timing._STAMP_DATA_JS, [["chart"], "old"])
-    page.evaluate("() => setTimeout(() => {"
-                  " document.querySelector('.js-plotly-plot')._fullData = [{}]; }, 400)")
-    started = page.evaluate("() => performance.now()")
+    started = page.evaluate("() => { setTimeout(() => {"
+                            " document.querySelector('.js-plotly-plot')._fullData = [{}]; }, 400);"
+                            " return performance.now(); }")
     painted = browser_timing._wait_done(page, ["chart"], "old")
     assert painted - started >= 350
 
