@@ -50,10 +50,10 @@ FOLDED_KERNEL_MIN_ELEMENTS = 2**21
 
 # Rows normalised and added to an index per step: bounds the temporary copy to 64 MB at D = 256.
 ANN_ADD_CHUNK_ROWS = 65_536
-# Candidate key elements gathered per step when `ann` re-scores 8-bit candidates exactly (4 M
-# float32 = 16 MB): at N = 1M, M = 1,024 the whole [M, 2·k, D] gather would take 64 MB per batch
-# item, in each of the batch items' threads at once.
-ANN_RESCORE_ELEMENTS = 2**22
+# Candidate key elements gathered per step when `ann` re-scores 8-bit candidates exactly (1 M
+# float32 = 4 MB): at N = 1M, M = 1,024 the whole [M, 2·k, D] gather would take 64 MB per batch
+# item, in each of the batch items' threads at once; 16 MB steps left 25 MiB more at the peak.
+ANN_RESCORE_ELEMENTS = 2**20
 # Score elements per step of `ann`'s exact NumPy fallback (16 M float32 = 64 MB).
 ANN_EXACT_BLOCK_ELEMENTS = 2**24
 # Above this many bytes of float32 vectors per batch item (256 MB), `storage="auto"` keeps 8-bit
