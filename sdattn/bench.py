@@ -345,9 +345,14 @@ def apply_interleaved(records, times):
         record.update(median_ms=statistics.median(measured), times_ms=measured, timing="interleaved")
 
 
+def _measured_methods(records):
+    """The methods of `records` that were measured (status "ok"), in order."""
+    return [record["method"] for record in records if record.get("status") == "ok"]
+
+
 def _interleaves(cfg, records):
     """Whether a size's measured methods are timed again side by side (`INTERLEAVE_UP_TO`)."""
-    return cfg["num_keys"] <= INTERLEAVE_UP_TO and sum(r.get("status") == "ok" for r in records) > 1
+    return cfg["num_keys"] <= INTERLEAVE_UP_TO and len(_measured_methods(records)) > 1
 
 
 # ---- one size, in this process ------------------------------------------------------------------------
@@ -433,7 +438,7 @@ def run_size(cfg, methods, repeats, seed, reference_dir=None, log=None, interlea
 def _timed_side_by_side(cfg, records, weights, inputs, repeats, seed, log):
     """`interleaved_times` of the records' measured methods, logged; `{}` if it fails (the
     sequential times then stand)."""
-    methods = [record["method"] for record in records if record.get("status") == "ok"]
+    methods = _measured_methods(records)
     gc.collect()  # the last method's layer and graphs
     try:
         times = interleaved_times(cfg, methods, weights, inputs, repeats, seed)
@@ -702,8 +707,8 @@ def main(argv=None):
                 if args.interleave and _interleaves(cfg, size_records):
                     # Each method's peak RSS came from its own process; the side-by-side times
                     # come from one more, which holds them all.
-                    measured = [record["method"] for record in size_records if record.get("status") == "ok"]
-                    times = _run_in_subprocess(cfg, measured, args, reference_dir, log, interleave_only=True)
+                    times = _run_in_subprocess(cfg, _measured_methods(size_records), args, reference_dir, log,
+                                               interleave_only=True)
                     apply_interleaved(size_records, times)
                     if times:
                         log(_interleaved_summary(cfg, times))

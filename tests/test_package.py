@@ -2,8 +2,8 @@
 Each check runs in a fresh interpreter, so that modules the test session loaded do not count."""
 
 import os
-import re
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -102,6 +102,11 @@ def test_import_sdattn_then_keras_loads_a_saved_model():
     assert _loaded_after(statement, ("sdattn.layer", "sdattn.selectors.dot")) == ["sdattn.layer", "sdattn.selectors.dot"]
 
 
+def _package(requirement):
+    """The normalised package name of a requirement (`ml_dtypes==0.6.0` → `ml-dtypes`)."""
+    return re.split(r"[<>=\[ ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
 def _pins(path):
     """`{name: version}` of a requirements file's `name==version` lines, and its `-r` includes."""
     pins, includes = {}, []
@@ -110,8 +115,7 @@ def _pins(path):
         if line.startswith("-r "):
             includes.append(line[3:].strip())
         elif "==" in line:
-            name, version = line.split("==")
-            pins[name.strip().lower().replace("_", "-")] = version.strip()
+            pins[_package(line)] = line.split("==")[1].strip()
     return pins, includes
 
 
@@ -120,13 +124,12 @@ def test_requirements_pin_every_declared_dependency_once():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
-    def names(requirements):
-        return {re.split(r"[<>=\[ ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
-
     library, library_includes = _pins("requirements-lib.txt")
     runtime, runtime_includes = _pins("requirements.txt")
     # `make bench` installs the library's dependencies alone, `make run` those and the app's.
     assert library_includes == [] and runtime_includes == ["requirements-lib.txt"]
-    assert names(project["dependencies"]) | names(project["optional-dependencies"]["ann"]) <= set(library)
-    assert names(project["optional-dependencies"]["app"]) <= set(runtime)
+    declared = {extra: {_package(r) for r in requirements}
+                for extra, requirements in project["optional-dependencies"].items()}
+    assert {_package(r) for r in project["dependencies"]} | declared["ann"] <= set(library)
+    assert declared["app"] <= set(runtime)
     assert not set(library) & set(runtime), "a package pinned in both files"
