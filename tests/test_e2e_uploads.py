@@ -158,8 +158,11 @@ def test_real_text_files_and_labels_stay_across_pages(page, app_url, text, scree
     put_file(page, sources.QUERY_NAMES, "paragraphs.txt", lines_bytes(names))
     put_file(page, sources.KEY_NAMES, "words.txt", lines_bytes(vocabulary))
     wait_for_title(page, f"{NUM_DOCS} queries × {VOCAB} keys")
+    # Each label file reruns the page: wait for the rerun after the last one (the key names),
+    # not only for the query names' (a loaded machine drew the chart in between).
     page.wait_for_function(
-        f"() => {{ const s = ({SELECTION_JS})(); return s && s.y.includes({names[-1]!r}); }}",
+        f"() => {{ const s = ({SELECTION_JS})(); return s && s.y.includes({names[-1]!r})"
+        f" && s.x.some(label => label.split('…').includes({vocabulary[0]!r})); }}",
         timeout=APP_TIMEOUT_MS)
     view = page.evaluate(SELECTION_JS)
     assert_words(view["x"], vocabulary)
